@@ -1,0 +1,5 @@
+import sys
+
+from bnref.cli import main
+
+sys.exit(main())

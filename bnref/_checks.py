@@ -1,0 +1,127 @@
+"""Argument validation for the public functions, with messages that name the argument.
+
+Every check runs in O(C) or O(ndim): nothing here reads a full-size array.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(arr) -> str:
+    return f"shape {tuple(np.shape(arr))} and dtype {getattr(arr, 'dtype', type(arr).__name__)}"
+
+
+def as_float_array(name: str, value, dtype=None) -> np.ndarray:
+    """``value`` as a float32/float64 ndarray, or a TypeError naming ``name``.
+
+    With ``dtype`` given, the array must already have that dtype (no silent casts:
+    mixing float32 and float64 is an error).
+    """
+    if value is None:
+        raise TypeError(f"{name} must be an array, got None")
+    arr = np.asarray(value)
+    if arr.dtype not in SUPPORTED_DTYPES:
+        kind = {"i": "an integer", "u": "an unsigned integer", "b": "a boolean", "c": "a complex",
+                "f": "an unsupported floating", "O": "an object"}.get(arr.dtype.kind, "a non-float")
+        raise TypeError(f"{name} has {kind} dtype {arr.dtype}; bnref supports float32 and float64")
+    if dtype is not None and arr.dtype != dtype:
+        raise TypeError(f"{name} has dtype {arr.dtype} but x has dtype {np.dtype(dtype)}; "
+                        f"cast one of them so that they match")
+    return arr
+
+
+def channel_axis(value, ndim: int) -> int:
+    """``value`` normalized to ``0 <= axis < ndim``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"channel_axis must be an int, got {value!r}")
+    if not -ndim <= value < ndim:
+        raise ValueError(f"channel_axis={value} is out of range for x with {ndim} dimensions "
+                         f"(expected {-ndim} <= channel_axis < {ndim})")
+    return int(value) % ndim
+
+
+def x_array(x, name: str = "x") -> np.ndarray:
+    arr = as_float_array(name, x)
+    if arr.ndim < 2:
+        raise ValueError(f"{name} must have rank >= 2, e.g. (N, C) or (N, C, H, W); got {_describe(arr)}")
+    return arr
+
+
+def same_shape(name: str, value, x: np.ndarray) -> np.ndarray:
+    arr = as_float_array(name, value, x.dtype)
+    if arr.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x, {x.shape}; got {arr.shape}")
+    return arr
+
+
+def per_channel(name: str, value, channels: int, dtype=None) -> np.ndarray:
+    """A ``(C,)`` vector; ``dtype=None`` accepts float32 or float64 (statistics)."""
+    arr = as_float_array(name, value, dtype)
+    if arr.shape != (channels,):
+        raise ValueError(f"{name} must have shape (C,) = ({channels},), one value per channel; got {arr.shape}")
+    return arr
+
+
+def eps_value(eps) -> float:
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {eps!r}")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be finite and > 0 (it keeps 1/sqrt(var + eps) finite); got {eps!r}")
+    return eps
+
+
+def momentum_value(momentum) -> float:
+    if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a real number, got {momentum!r}")
+    momentum = float(momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must lie in [0, 1] (PyTorch convention: weight of the new batch "
+                         f"statistic); got {momentum!r}")
+    return momentum
+
+
+def count_value(count) -> int:
+    if isinstance(count, (bool, np.bool_)) or not isinstance(count, numbers.Integral):
+        raise TypeError(f"count must be an int (values per channel in the batch), got {count!r}")
+    if count < 2:
+        raise ValueError(f"count must be >= 2: the unbiased running variance divides by count - 1; got {count}")
+    return int(count)
+
+
+def training_count(x: np.ndarray, axis: int) -> int:
+    """Values per channel; training statistics need at least two."""
+    channels = x.shape[axis]
+    count = x.size // channels if channels else 0
+    if count < 2:
+        raise ValueError(f"expected more than 1 value per channel when training; x has shape {x.shape} "
+                         f"with channel_axis={axis}, so each channel has {count} value(s)")
+    return count
+
+
+def out_array(name: str, out, x: np.ndarray) -> np.ndarray | None:
+    """Validate an ``out=`` buffer: same shape and dtype as x, writeable, not overlapping x."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != x.shape or out.dtype != x.dtype:
+        raise ValueError(f"{name} must have the shape and dtype of x, {x.shape} {x.dtype}; "
+                         f"got {out.shape} {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def finite_stats(what: str, values: np.ndarray, channel_axis: int) -> None:
+    """Raise if a per-channel reduction came out non-finite (so the input was)."""
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        shown = ", ".join(map(str, bad[:8])) + (", ..." if bad.size > 8 else "")
+        raise ValueError(f"{what} is not finite in channel(s) {shown} (channel_axis={channel_axis}): "
+                         f"the input holds NaN or inf, or values too large to square in float64")

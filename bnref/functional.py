@@ -1,0 +1,297 @@
+r"""Batch normalization: the public functions (checks -> canonical layout -> kernels).
+
+Notation, per channel ``c`` over the ``m`` values that share it (every axis but
+``channel_axis``):
+
+.. math::
+
+    \mu = \tfrac1m \textstyle\sum_i x_i,\quad
+    \sigma^2 = \tfrac1m \textstyle\sum_i (x_i-\mu)^2,\quad
+    \mathrm{invstd} = (\sigma^2+\epsilon)^{-1/2},\quad
+    \hat x_i = (x_i-\mu)\,\mathrm{invstd},\quad
+    y_i = \gamma\,\hat x_i + \beta .
+
+Statistics (``mean``, ``var``) are returned and accepted in float64, the
+accumulation dtype, also for float32 data: a float32 mean of data with a large
+offset would lose the digits that ``backward`` needs to rebuild ``xhat``.
+Full-size outputs have the dtype of ``x`` and its memory layout.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bnref import _checks, _kernels
+from bnref._layout import Layout, layout_of
+
+__all__ = ["forward_train", "forward_eval", "backward", "backward_eval", "double_backward",
+           "update_running"]
+
+
+class _Prepared:
+    """Validated x, its channel axis, count m and canonical (A, C, B) view."""
+
+    def __init__(self, x, channel_axis, *, training: bool, name: str = "x"):
+        self.x = _checks.x_array(x, name)
+        self.axis = _checks.channel_axis(channel_axis, self.x.ndim)
+        self.channels = self.x.shape[self.axis]
+        self.count = (_checks.training_count(self.x, self.axis) if training
+                      else (self.x.size // self.channels if self.channels else 0))
+        self.layout: Layout = layout_of(self.x, self.axis)
+        self.x3 = self.layout.view(self.x)
+
+    def vector(self, name, value, *, stats: bool = False) -> np.ndarray:
+        """A (C,) argument as float64; parameters must match x's dtype, statistics may be either."""
+        arr = _checks.per_channel(name, value, self.channels, None if stats else self.x.dtype)
+        return arr.astype(np.float64)
+
+    def like_x(self, name, value) -> np.ndarray:
+        return self.layout.view(_checks.same_shape(name, value, self.x))
+
+    def output(self, out, name="out"):
+        """(result, its (A, C, B) view, finish) honoring an optional ``out=`` buffer."""
+        out = _checks.out_array(name, out, self.x)
+        if out is not None and self.layout.is_view_of(out):
+            return out, self.layout.view(out), lambda: out
+        result, result3 = self.layout.empty(self.x.dtype)
+        if out is None:
+            return result, result3, lambda: result
+
+        def finish():
+            out[...] = result
+            return out
+
+        return result, result3, finish
+
+    def sums(self, mean, invstd, dy3, ddx3):
+        nchunks, rows = _kernels.chunking(self.x3.shape[0])
+        return _kernels.channel_sums(self.x3, mean, invstd, dy3, ddx3, rows, nchunks)
+
+
+def _invstd(var: np.ndarray, eps: float) -> np.ndarray:
+    return 1.0 / np.sqrt(var + eps)
+
+
+def _nonnegative(name: str, var: np.ndarray) -> np.ndarray:
+    if np.any(var < 0):
+        raise ValueError(f"{name} must be >= 0 in every channel; got min {var.min()!r}")
+    return var
+
+
+def _moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel biased mean and variance of x in float64, stable for large offsets."""
+    x3 = prep.x3
+    a, c, b = x3.shape
+    shift = x3[0, :, 0].astype(np.float64)  # a sample of each channel
+    nchunks, rows = _kernels.chunking(a)
+    rows_per_block = max(1, _kernels.BLOCK_ELEMENTS // max(1, c * b))
+    mean_shifted, m2 = _kernels.channel_moments(x3, shift, rows, nchunks, rows_per_block)
+    mean = shift + mean_shifted
+    var = m2 / prep.count
+    _checks.finite_stats("the batch mean or variance of x", mean + var, prep.axis)
+    return mean, var
+
+
+def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
+    r"""Training-mode batch norm: normalize with the batch's own statistics.
+
+    .. math:: y = \gamma\,\frac{x-\mu}{\sqrt{\sigma^2+\epsilon}} + \beta,
+        \quad \mu,\ \sigma^2 \text{ (biased, divide by } m) \text{ over every axis but } \texttt{channel\_axis}
+
+    Args:
+        x: ``(N, C, *spatial)`` with ``channel_axis=1`` or ``(N, *spatial, C)`` with
+            ``channel_axis=-1``; any rank >= 2, float32 or float64, any strides.
+        gamma, beta: ``(C,)``, the dtype of ``x``.
+        eps: > 0, added to the variance inside the square root.
+        channel_axis: the feature axis (1 = PyTorch, -1 = Flax/Keras).
+        out: optional buffer for ``y`` (shape and dtype of ``x``), reused instead of allocating.
+
+    Returns:
+        ``(y, mean, var)``: ``y`` like ``x``; ``mean`` and the biased ``var`` as ``(C,)`` float64.
+
+    Raises:
+        TypeError: non-float or mixed dtypes. ValueError: rank < 2, shape mismatch, eps <= 0
+        or non-finite, channel_axis out of range, a single value per channel, non-finite data.
+    """
+    prep = _Prepared(x, channel_axis, training=True)
+    gamma = prep.vector("gamma", gamma)
+    beta = prep.vector("beta", beta)
+    eps = _checks.eps_value(eps)
+    mean, var = _moments(prep)
+    y, y3, finish = prep.output(out)
+    _kernels.normalize_affine(prep.x3, mean, gamma * _invstd(var, eps), beta, y3)
+    return finish(), mean, var
+
+
+def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_axis=1, *, out=None):
+    r"""Inference-mode batch norm: an affine map with fixed statistics.
+
+    .. math:: y = \gamma\,\frac{x-\mu_{run}}{\sqrt{\sigma^2_{run}+\epsilon}} + \beta
+
+    Args:
+        x: any rank >= 2 (see :func:`forward_train`); any number of values per channel.
+        gamma, beta: ``(C,)``, the dtype of ``x``.
+        running_mean, running_var: ``(C,)`` float32 or float64; ``running_var >= 0``.
+        eps, channel_axis, out: as in :func:`forward_train`.
+
+    Returns:
+        ``y``, shape, dtype and layout of ``x``. Non-finite values in ``x`` propagate.
+    """
+    prep = _Prepared(x, channel_axis, training=False)
+    gamma = prep.vector("gamma", gamma)
+    beta = prep.vector("beta", beta)
+    running_mean = prep.vector("running_mean", running_mean, stats=True)
+    running_var = _nonnegative("running_var", prep.vector("running_var", running_var, stats=True))
+    eps = _checks.eps_value(eps)
+    y, y3, finish = prep.output(out)
+    _kernels.normalize_affine(prep.x3, running_mean, gamma * _invstd(running_var, eps), beta, y3)
+    return finish()
+
+
+def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
+    r"""Gradients of :func:`forward_train` (statistics differentiated through).
+
+    .. math::
+        d\beta = \textstyle\sum_i dy_i,\qquad d\gamma = \sum_i dy_i\,\hat x_i,\qquad
+        dx_i = \frac{\gamma\,\mathrm{invstd}}{m}\Big(m\,dy_i - \sum_j dy_j - \hat x_i \sum_j dy_j \hat x_j\Big)
+
+    Args:
+        dy: cotangent of ``y``, shape and dtype of ``x``.
+        x, gamma, eps, channel_axis: as given to :func:`forward_train`.
+        mean, var: ``(C,)`` as returned by :func:`forward_train` (``xhat`` is recomputed from them).
+        out: optional buffer for ``dx``.
+
+    Returns:
+        ``(dx, dgamma, dbeta)``: ``dx`` like ``x``; ``dgamma``, ``dbeta`` ``(C,)`` in x's dtype.
+    """
+    prep = _Prepared(x, channel_axis, training=True)
+    dy3 = prep.like_x("dy", dy)
+    gamma = prep.vector("gamma", gamma)
+    mean = prep.vector("mean", mean, stats=True)
+    var = _nonnegative("var", prep.vector("var", var, stats=True))
+    invstd = _invstd(var, _checks.eps_value(eps))
+    sums = prep.sums(mean, invstd, dy3, dy3)
+    _checks.finite_stats("sum(dy) or sum(dy * xhat)", sums[:, 0] + sums[:, 1], prep.axis)
+    sum_dy, sum_dy_xhat = sums[:, 0], sums[:, 1]
+    m = prep.count
+    gamma_invstd = gamma * invstd
+    # dx = gamma*invstd*dy  -  gamma*invstd^2*sum(dy xhat)/m * (x - mean)  -  gamma*invstd*sum(dy)/m
+    k_dy = gamma_invstd                                  # term 1: m*dy
+    k_xmu = -gamma_invstd * invstd * sum_dy_xhat / m     # term 3: xhat * sum(dy xhat)
+    k_const = -gamma_invstd * sum_dy / m                 # term 2: sum(dy)
+    dx, dx3, finish = prep.output(out)
+    _kernels.combine(prep.x3, mean, dy3, dy3, k_xmu, k_dy, np.zeros_like(k_dy), k_const, dx3)
+    dtype = prep.x.dtype
+    return finish(), sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
+
+
+def backward_eval(dy, x, gamma, running_mean, running_var, eps=1e-5, channel_axis=1, *, out=None):
+    r"""Gradients of :func:`forward_eval` (the statistics are constants).
+
+    .. math:: dx_i = \gamma\,\mathrm{invstd}_{run}\,dy_i,\quad d\gamma = \textstyle\sum_i dy_i\,\hat x_i,
+        \quad d\beta = \sum_i dy_i,\quad \hat x_i = (x_i - \mu_{run})\,\mathrm{invstd}_{run}
+
+    Returns ``(dx, dgamma, dbeta)`` with the shapes of :func:`backward`.
+    """
+    prep = _Prepared(x, channel_axis, training=False)
+    dy3 = prep.like_x("dy", dy)
+    gamma = prep.vector("gamma", gamma)
+    running_mean = prep.vector("running_mean", running_mean, stats=True)
+    running_var = _nonnegative("running_var", prep.vector("running_var", running_var, stats=True))
+    invstd = _invstd(running_var, _checks.eps_value(eps))
+    sums = prep.sums(running_mean, invstd, dy3, dy3)
+    zeros = np.zeros_like(invstd)
+    dx, dx3, finish = prep.output(out)
+    _kernels.combine(prep.x3, running_mean, dy3, dy3, zeros, gamma * invstd, zeros, zeros, dx3)
+    dtype = prep.x.dtype
+    return finish(), sums[:, 1].astype(dtype), sums[:, 0].astype(dtype)
+
+
+def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, channel_axis=1):
+    r"""Vector-Jacobian product of :func:`backward` with respect to ``(x, gamma, dy)``.
+
+    With ``L = <ddx, dx> + <ddgamma, dgamma> + <ddbeta, dbeta>`` and the statistics
+    differentiated through (PyTorch's batch-norm double backward), writing
+    ``s = invstd``, ``M(v) = sum(v)/m``, ``P = sum(dy xhat)``, ``Q = sum(ddx xhat)``,
+    ``R = sum(ddx dy)``:
+
+    .. math::
+        g_\gamma &= s\,(R - m\,M(dy)M(ddx) - PQ/m) \\
+        g_{dy} &= \gamma s\,(ddx - M(ddx) - \hat x\,Q/m) + dd\gamma\,\hat x + dd\beta \\
+        g_x &= \tfrac{\gamma s^2}{m}\big[\hat x\,(3PQ/m - R + m M(dy)M(ddx))
+               - Q\,(dy - M(dy)) - P\,(ddx - M(ddx))\big]
+               + dd\gamma\, s\,(dy - M(dy) - \hat x\,P/m)
+
+    Args:
+        ddx: cotangent of ``dx`` (shape of ``x``), or None for zeros.
+        ddgamma, ddbeta: cotangents of ``dgamma``, ``dbeta``: ``(C,)``, or None for zeros.
+        dy, x, gamma, mean, var, eps, channel_axis: as given to :func:`backward`.
+
+    Returns:
+        ``(gx, ggamma, gdy)``: ``gx`` and ``gdy`` like ``x``, ``ggamma`` ``(C,)``.
+    """
+    prep = _Prepared(x, channel_axis, training=True)
+    dy3 = prep.like_x("dy", dy)
+    ddx3 = prep.like_x("ddx", np.zeros_like(prep.x) if ddx is None else ddx)
+    gamma = prep.vector("gamma", gamma)
+    zeros_c = np.zeros(prep.channels, dtype=prep.x.dtype)
+    ddgamma = prep.vector("ddgamma", zeros_c if ddgamma is None else ddgamma)
+    ddbeta = prep.vector("ddbeta", zeros_c if ddbeta is None else ddbeta)
+    mean = prep.vector("mean", mean, stats=True)
+    var = _nonnegative("var", prep.vector("var", var, stats=True))
+    s = _invstd(var, _checks.eps_value(eps))
+    sums = prep.sums(mean, s, dy3, ddx3)
+    _checks.finite_stats("the sums over dy and ddx", sums.sum(axis=1), prep.axis)
+    m = prep.count
+    mean_dy, P, mean_ddx, Q, R = sums[:, 0] / m, sums[:, 1], sums[:, 2] / m, sums[:, 3], sums[:, 4]
+    g = gamma
+    ggamma = s * (R - m * mean_dy * mean_ddx - P * Q / m)
+    # gdy = g s ddx + (ddgamma s - g s^2 Q/m) (x - mean) + (ddbeta - g s M(ddx))
+    gdy, gdy3, finish_gdy = prep.output(None)
+    zeros = np.zeros_like(s)
+    _kernels.combine(prep.x3, mean, ddx3, ddx3, ddgamma * s - g * s * s * Q / m, g * s, zeros,
+                     ddbeta - g * s * mean_ddx, gdy3)
+    # gx, expanded in (x - mean), dy, ddx and a constant:
+    c = g * s * s / m
+    k_xmu = s * (c * (3 * P * Q / m - R + m * mean_dy * mean_ddx) - ddgamma * s * P / m)
+    k_dy = -c * Q + ddgamma * s
+    k_ddx = -c * P
+    k_const = c * (Q * mean_dy + P * mean_ddx) - ddgamma * s * mean_dy
+    gx, gx3, finish_gx = prep.output(None)
+    _kernels.combine(prep.x3, mean, dy3, ddx3, k_xmu, k_dy, k_ddx, k_const, gx3)
+    return finish_gx(), ggamma.astype(prep.x.dtype), finish_gdy()
+
+
+def update_running(running_mean, running_var, mean, var, count, momentum=0.1, *, unbiased=True):
+    r"""One step of the running statistics (PyTorch convention), returned as new arrays.
+
+    .. math::
+        \mu_{run} \leftarrow (1-\text{momentum})\,\mu_{run} + \text{momentum}\,\mu_B,\qquad
+        \sigma^2_{run} \leftarrow (1-\text{momentum})\,\sigma^2_{run}
+            + \text{momentum}\,\tfrac{m}{m-1}\,\sigma^2_B
+
+    ``momentum`` weighs the *new* batch statistic. Keras and Flax write the same update
+    with ``momentum_keras = 1 - momentum`` weighing the *old* value (their default 0.99
+    is ``momentum=0.01`` here) and store the biased variance: pass ``unbiased=False``.
+
+    Args:
+        running_mean, running_var: ``(C,)`` float32 or float64 (not modified).
+        mean, var: ``(C,)`` batch statistics from :func:`forward_train` (``var`` biased).
+        count: ``m``, the number of values per channel in the batch (>= 2).
+        momentum: in [0, 1]. unbiased: apply ``m/(m-1)`` to the variance (default, as PyTorch).
+
+    Returns:
+        ``(new_mean, new_var)`` in the dtype of ``running_mean`` / ``running_var``.
+    """
+    running_mean = _checks.as_float_array("running_mean", running_mean)
+    if running_mean.ndim != 1:
+        raise ValueError(f"running_mean must have shape (C,); got {running_mean.shape}")
+    channels = running_mean.shape[0]
+    running_var = _checks.per_channel("running_var", running_var, channels)
+    mean = _checks.per_channel("mean", mean, channels).astype(np.float64)
+    var = _nonnegative("var", _checks.per_channel("var", var, channels).astype(np.float64))
+    count = _checks.count_value(count)
+    momentum = _checks.momentum_value(momentum)
+    batch_var = var * (count / (count - 1)) if unbiased else var
+    new_mean = (1.0 - momentum) * running_mean + momentum * mean
+    new_var = (1.0 - momentum) * running_var + momentum * batch_var
+    return new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
