@@ -80,18 +80,43 @@ def _nonnegative(name: str, var: np.ndarray) -> np.ndarray:
     return var
 
 
-def _moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel biased mean and variance of x in float64, stable for large offsets."""
+def _local_moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and M2 = sum (x - mean)^2 of x in float64 (zeros when x holds no value).
+
+    Shared with :mod:`bnref.sync`, which merges these per-shard pairs across shards.
+    """
     x3 = prep.x3
     a, c, b = x3.shape
+    if a * b == 0:
+        return np.zeros(c), np.zeros(c)
     shift = x3[0, :, 0].astype(np.float64)  # a sample of each channel
     nchunks, rows = _kernels.chunking(a)
     rows_per_block = max(1, _kernels.BLOCK_ELEMENTS // max(1, c * b))
     mean_shifted, m2 = prep.kernel(_kernels.channel_moments)(x3, shift, rows, nchunks, rows_per_block)
-    mean = shift + mean_shifted
+    return shift + mean_shifted, m2
+
+
+def _moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel biased mean and variance of x in float64, stable for large offsets."""
+    mean, m2 = _local_moments(prep)
     var = m2 / prep.count
     _checks.finite_stats("the batch mean or variance of x", mean + var, prep.axis)
     return mean, var
+
+
+def _dx(prep: _Prepared, dy3, gamma, mean, invstd, sum_dy, sum_dy_xhat, m: int, out=None):
+    """dx of :func:`backward` from the per-channel sums over all ``m`` values of the batch.
+
+    Shared with :mod:`bnref.sync`: there the sums and ``m`` are global, ``x`` one shard.
+    """
+    gamma_invstd = gamma * invstd
+    # dx = gamma*invstd*dy  -  gamma*invstd^2*sum(dy xhat)/m * (x - mean)  -  gamma*invstd*sum(dy)/m
+    k_dy = gamma_invstd                                  # term 1: m*dy
+    k_xmu = -gamma_invstd * invstd * sum_dy_xhat / m     # term 3: xhat * sum(dy xhat)
+    k_const = -gamma_invstd * sum_dy / m                 # term 2: sum(dy)
+    dx, dx3, finish = prep.output(out)
+    prep.kernel(_kernels.combine)(prep.x3, mean, dy3, dy3, k_xmu, k_dy, np.zeros_like(k_dy), k_const, dx3)
+    return finish()
 
 
 def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
@@ -175,16 +200,9 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
     sums = prep.sums(mean, invstd, dy3, dy3)
     _checks.finite_stats("sum(dy) or sum(dy * xhat)", sums[:, 0] + sums[:, 1], prep.axis)
     sum_dy, sum_dy_xhat = sums[:, 0], sums[:, 1]
-    m = prep.count
-    gamma_invstd = gamma * invstd
-    # dx = gamma*invstd*dy  -  gamma*invstd^2*sum(dy xhat)/m * (x - mean)  -  gamma*invstd*sum(dy)/m
-    k_dy = gamma_invstd                                  # term 1: m*dy
-    k_xmu = -gamma_invstd * invstd * sum_dy_xhat / m     # term 3: xhat * sum(dy xhat)
-    k_const = -gamma_invstd * sum_dy / m                 # term 2: sum(dy)
-    dx, dx3, finish = prep.output(out)
-    prep.kernel(_kernels.combine)(prep.x3, mean, dy3, dy3, k_xmu, k_dy, np.zeros_like(k_dy), k_const, dx3)
+    dx = _dx(prep, dy3, gamma, mean, invstd, sum_dy, sum_dy_xhat, prep.count, out)
     dtype = prep.x.dtype
-    return finish(), sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
+    return dx, sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
 
 
 def backward_eval(dy, x, gamma, running_mean, running_var, eps=1e-5, channel_axis=1, *, out=None):

@@ -25,7 +25,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 __all__ = ["CONDITIONS", "BNCase", "make_case", "dtypes", "channel_axes", "shapes", "epsilons",
-           "conditions", "seeds", "bn_cases"]
+           "conditions", "seeds", "bn_cases", "shard_sizes"]
 
 CONDITIONS = ("well", "offset", "tiny_spread", "eps_scale", "constant", "minimal")
 
@@ -185,3 +185,18 @@ def bn_cases(draw, *, dtypes=("float64", "float32"), channel_axes=(1, -1), condi
     eps = draw(epsilons())
     seed = draw(seeds())
     return make_case(shape, dtype, axis, condition, seed, eps)
+
+
+@st.composite
+def shard_sizes(draw, total: int, *, max_shards: int = 6) -> tuple[int, ...]:
+    """Sizes of 1..``max_shards`` shards that add up to ``total``: uneven, with shards of 1 and 0.
+
+    Cut points are drawn in ``[0, total]`` (repeats make empty shards); shrinks toward a
+    single shard. ``np.split(x, np.cumsum(sizes)[:-1])`` cuts an array accordingly.
+    """
+    if total < 0 or max_shards < 1:
+        raise ValueError(f"need total >= 0 and max_shards >= 1; got total={total}, max_shards={max_shards}")
+    count = draw(st.integers(1, max_shards), label="number of shards")
+    cuts = sorted(draw(st.lists(st.integers(0, total), min_size=count - 1, max_size=count - 1), label="cuts"))
+    edges = [0, *cuts, total]
+    return tuple(b - a for a, b in zip(edges, edges[1:]))
