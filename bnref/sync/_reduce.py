@@ -36,8 +36,10 @@ def sum_parts(parts: np.ndarray) -> np.ndarray:
     parts = np.asarray(parts)
     if len(parts) == 0:
         return np.zeros(parts.shape[1:], dtype=parts.dtype)
-    if len(parts) <= 2:
-        return parts.sum(axis=0)
+    if len(parts) == 1:
+        return parts[0].copy()
+    if len(parts) == 2:
+        return parts[0] + parts[1]
     ordered = _magnitude_order(parts)
     total = ordered[0].copy()
     for term in ordered[1:]:
