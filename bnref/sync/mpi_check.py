@@ -27,7 +27,7 @@ from bnref.sync.testing import compare_with_unsharded, cotangents, run_sharded, 
 
 #: (shape, dtype, channel_axis, condition, seed, shard sizes along axis 0)
 CASES = [
-    ((9, 3, 4, 4), "float64", 1, "well", 1, (0, 1, 4, 1, 3, 0)),
+    ((9, 3, 4, 4), "float64", 1, "well", 1, (0, 1, 4, 1, 3)),      # 3 + 2 shards: Allgatherv
     ((7, 5, 5, 3), "float32", -1, "offset", 2, (1, 6)),
     ((2, 4), "float64", 1, "minimal", 3, (1, 1)),           # PyTorch #36865: one sample per process
     ((6, 2, 3, 2, 2), "float64", 1, "constant", 4, (3, 0, 2, 1)),
