@@ -165,16 +165,16 @@ class Batch:
     def x(self, j):
         return self.element("x", j)
 
-    @property
+    @cached_property
     def mean(self):
         return self.total(self.x) / self.m
 
-    @property
+    @cached_property
     def var(self):
         mean = self.mean
         return self.total(lambda i: (self.x(i) - mean) ** 2) / self.m
 
-    @property
+    @cached_property
     def invstd(self):
         return (self.var + eps) ** sp.Rational(-1, 2)
 
@@ -206,17 +206,21 @@ class Batch:
 
     @cached_property
     def reduced_var(self):
-        return name_sums(self.normalize(self.var))
+        return sp.expand(name_sums(self.normalize(self.var)))
 
     def reduce(self, expr):
-        """``expr`` with sums named and ``eps`` eliminated in favour of ``s``: zero iff an identity."""
-        expr = name_sums(self.normalize(expr))
-        var = self.reduced_var
-        # (var + eps)^r -> s^(-2r): the graph's invstd becomes the symbol s; what eps is left
-        # (none, for the derivatives) goes by eps = s^-2 - var.
-        base = var + eps
+        """``expr`` with invstd as the symbol ``s``, sums named and ``eps`` eliminated.
+
+        Zero iff ``expr`` vanishes identically. Derivatives keep the base ``var + eps`` of
+        invstd's powers intact, so they are matched before anything is expanded; an ``eps``
+        still left (in a closed form that spells it out) goes by ``eps = s^-2 - var``.
+        """
+        base = self.var + eps
         expr = expr.replace(lambda e: e.is_Pow and e.base == base, lambda e: s ** (-2 * e.exp))
-        return rational_normal_form(expr.xreplace({eps: s**-2 - var}))
+        expr = name_sums(self.normalize(expr))
+        if expr.has(eps):
+            expr = expr.xreplace({eps: s**-2 - self.reduced_var})
+        return rational_normal_form(expr)
 
     def assert_identity(self, lhs, rhs, what: str):
         residual = self.reduce(lhs - rhs)
