@@ -106,16 +106,24 @@ def _normalized_sum(body, v, lo, hi):
             out += c * f.xreplace({v: partner})
         elif f == 1:                 # sum of a constant
             out += c * (hi - lo + 1)
+        elif f.has(sp.Sum):          # a sum coupled to v stays as it is: renaming could capture
+            out += c * sp.Sum(f, (v, lo, hi))
         else:
             out += c * sp.Sum(f.xreplace({v: _n}), (_n, lo, hi))
     return out
 
 
+def _normalized(e: sp.Sum):
+    body = e.function
+    for limit in e.limits:           # Sum(f, inner, outer): innermost first
+        body = _normalized_sum(body, *limit)
+    return body
+
+
 def normalize_sums(expr):
     """Linearity of Sum, Kronecker deltas summed, one dummy: a canonical form for sums."""
     for _ in range(20):
-        new = expr.replace(lambda e: isinstance(e, sp.Sum),
-                           lambda e: _normalized_sum(e.function, *e.limits[0]))
+        new = expr.replace(lambda e: isinstance(e, sp.Sum), _normalized)
         if new == expr:
             return expr
         expr = new
@@ -186,6 +194,10 @@ class Batch:
         """With the symbol ``s`` for invstd: the form closed formulas are written in."""
         return (self.x(j) - self.mean) * s
 
+    def map_x(self, expr, f):
+        """``expr`` with every element ``x_i`` replaced by ``f(x_i)`` (shift, scale, ...)."""
+        raise NotImplementedError
+
     def y(self, j):
         return gamma * self.xhat(j) + beta
 
@@ -219,6 +231,10 @@ class Batch:
         expr = expr.replace(lambda e: e.is_Pow and e.base == base, lambda e: s ** (-2 * e.exp))
         expr = name_sums(self.normalize(expr))
         if expr.has(eps):
+            # a base var' + eps that is not the graph's own (say, var of x + c) may still
+            # expand to it; eliminating eps then leaves s^-2, whose root SymPy takes itself
+            expr = expr.replace(lambda e: e.is_Pow and e.base.has(eps),
+                                lambda e: sp.Pow(sp.expand(e.base), e.exp))
             expr = expr.xreplace({eps: s**-2 - self.reduced_var})
         return rational_normal_form(expr)
 
@@ -229,6 +245,9 @@ class Batch:
 
 class ConcreteBatch(Batch):
     """A batch of ``m`` explicit values per quantity: ``x_1 .. x_m``, ``dy_1 .. dy_m``, ..."""
+
+    #: an element to state per-element identities at (any element would do)
+    some_index = 1
 
     def __init__(self, size: int):
         self.m = sp.Integer(size)
@@ -248,9 +267,14 @@ class ConcreteBatch(Batch):
     def total(self, f):
         return sp.Add(*(f(i) for i in self.indices))
 
+    def map_x(self, expr, f):
+        return expr.xreplace({self.x(i): f(self.x(i)) for i in self.indices})
+
 
 class SymbolicBatch(Batch):
     """A batch of symbolic size ``m``: elements ``x[j]`` with ``1 <= j <= m``, sums as ``Sum``."""
+
+    some_index = sp.Symbol("j", integer=True, positive=True)
 
     def __init__(self):
         self.m = m
@@ -268,6 +292,10 @@ class SymbolicBatch(Batch):
 
     def normalize(self, expr):
         return normalize_sums(expr)
+
+    def map_x(self, expr, f):
+        x = self.element("x", j).base
+        return expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base == x, f)
 
 
 #: the element indices the symbolic proofs differentiate with respect to
