@@ -249,15 +249,16 @@ class ConcreteBatch(Batch):
     #: an element to state per-element identities at (any element would do)
     some_index = 1
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, tag: str = ""):
         self.m = sp.Integer(size)
         self.size = size
+        self.tag = tag          # tells the symbols of several batches (channels) apart
         self._symbols = {}
 
     def element(self, name, j):
         key = (name, j)
         if key not in self._symbols:
-            self._symbols[key] = sp.Symbol(f"{name}_{j}", real=True)
+            self._symbols[key] = sp.Symbol(f"{name}{self.tag}_{j}", real=True)
         return self._symbols[key]
 
     @property
