@@ -29,6 +29,8 @@ gamma, beta, ddgamma, ddbeta = sp.symbols("gamma beta ddgamma ddbeta", real=True
 eps, s = sp.symbols("epsilon s", positive=True)           # s = invstd = (var + eps)^(-1/2)
 # one element j of the batch
 dy_j, ddx_j, xhat_j = sp.symbols("dy_j ddx_j xhat_j", real=True)
+#: the element a symbolic-m proof differentiates with respect to: x[j], 1 <= j <= m
+j = sp.Symbol("j", integer=True, positive=True)
 # reductions over the batch
 sum_dy, sum_ddx, P, Q, R = sp.symbols("sum_dy sum_ddx P Q R", real=True)
 
@@ -275,7 +277,7 @@ class ConcreteBatch(Batch):
 class SymbolicBatch(Batch):
     """A batch of symbolic size ``m``: elements ``x[j]`` with ``1 <= j <= m``, sums as ``Sum``."""
 
-    some_index = sp.Symbol("j", integer=True, positive=True)
+    some_index = j
 
     def __init__(self):
         self.m = m
@@ -298,9 +300,6 @@ class SymbolicBatch(Batch):
         x = self.element("x", j).base
         return expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base == x, f)
 
-
-#: the element indices the symbolic proofs differentiate with respect to
-j, k = sp.symbols("j k", integer=True, positive=True)
 
 CONCRETE_SIZES = range(2, 7)
 
