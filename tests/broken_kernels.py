@@ -6,16 +6,15 @@ real kernels and requires every one to be caught.
 import numpy as np
 
 import bnref
+from bnref.testing import per_channel, reduce_axes
 
 
 def _axes(x, axis):
-    return tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    return reduce_axes(x.ndim, axis)
 
 
 def _bc(v, x, axis):
-    shape = [1] * x.ndim
-    shape[axis % x.ndim] = -1
-    return np.reshape(v, shape)
+    return per_channel(v, x.ndim, axis)
 
 
 class Correct:
