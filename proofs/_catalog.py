@@ -52,10 +52,13 @@ def proofs(include_meta: bool = False) -> list[Proof]:
         if path.stem in META_MODULES and not include_meta:
             continue
         text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
         for node in ast.parse(text).body:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                source = "\n".join(lines[first - 1:node.end_lineno])     # with its decorators
                 found.append(Proof(path.stem, node.name, inspect.cleandoc(ast.get_docstring(node) or ""),
-                                   ast.get_source_segment(text, node) or ""))
+                                   source))
     return found
 
 
@@ -68,8 +71,8 @@ def _page(module: Path) -> str:
     for proof in (p for p in proofs(include_meta=True) if p.module == module.stem):
         summary, _, rest = proof.docstring.partition("\n")
         lines += [f"## `{proof.name}` {{#{proof.name}}}", "", summary, ""]
-        for line in rest.splitlines():
-            lines.append(line if line.strip().startswith(">") else line.strip())
+        for line in rest.splitlines():   # each quoted equation a blockquote of its own
+            lines += [line.strip(), ""] if line.strip().startswith(">") else [line.strip()]
         lines += ["", "```python", proof.source, "```", ""]
     return "\n".join(lines)
 
