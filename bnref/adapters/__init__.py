@@ -15,6 +15,7 @@ ADAPTERS: dict[str, str] = {
     "torch": "bnref.adapters._torch:TorchCandidate",
     "torch-channels-last": "bnref.adapters._torch:TorchChannelsLastCandidate",
     "flax": "bnref.adapters._flax:FlaxCandidate",
+    "flax-two-pass": "bnref.adapters._flax:FlaxTwoPassCandidate",
     "keras": "bnref.adapters._keras:KerasCandidate",
     "seed": "bnref.adapters._seed:SeedCandidate",
 }

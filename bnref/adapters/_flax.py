@@ -1,7 +1,9 @@
 """Flax: ``flax.linen.BatchNorm`` (channels-last), gradients by ``jax.vjp``.
 
 The module is used with its defaults (so ``use_fast_variance=True``, Flax's
-choice) except for ``epsilon`` and ``momentum``, which the oracle passes.
+choice: ``E[x^2] - E[x]^2`` clamped at 0) except for ``epsilon`` and ``momentum``,
+which the oracle passes. ``flax-two-pass`` is the same module with
+``use_fast_variance=False`` (mean first, then ``E[(x - mean)^2]``).
 64-bit mode is switched on so that float64 inputs stay float64.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ class FlaxCandidate(JaxVjpMixin):
     name = "flax"
     dtypes = ("float32", "float64")
     channel_axis = -1
+    use_fast_variance = True
 
     def __init__(self):
         jax = enable_x64()
@@ -29,6 +32,7 @@ class FlaxCandidate(JaxVjpMixin):
         """y (and the updated batch_stats when training) for parameters gamma, beta."""
         use_running = stats is not None and momentum is None
         bn = self._nn.BatchNorm(use_running_average=use_running, axis=-1, epsilon=eps,
+                                use_fast_variance=self.use_fast_variance,
                                 momentum=0.99 if momentum is None else momentum,
                                 dtype=x.dtype, param_dtype=x.dtype)
         channels = x.shape[-1]
@@ -53,3 +57,8 @@ class FlaxCandidate(JaxVjpMixin):
         _, updated = self._apply(x, ones, 0 * ones, 1e-5, stats={"mean": rm, "var": rv}, momentum=momentum)
         stats = updated["batch_stats"]
         return np.array(stats["mean"]), np.array(stats["var"])
+
+
+class FlaxTwoPassCandidate(FlaxCandidate):
+    name = "flax-two-pass"
+    use_fast_variance = False

@@ -30,18 +30,19 @@ class KerasCandidate(JaxVjpMixin):
         self._layers: dict = {}
         self.version = f"keras {keras.__version__} (jax {jax.__version__})"
 
-    def _layer(self, shape, dtype, eps, momentum=0.99):
-        key = (shape, str(dtype), eps, momentum)
+    def _layer(self, shape, dtype, momentum):
+        """A built layer per (shape, dtype, momentum); eps is set per call (it may be a JAX tracer)."""
+        key = (shape, str(dtype), momentum)
         if key not in self._layers:
-            layer = self._keras.layers.BatchNormalization(axis=-1, epsilon=eps, momentum=momentum,
-                                                          dtype=str(dtype))
+            layer = self._keras.layers.BatchNormalization(axis=-1, momentum=momentum, dtype=str(dtype))
             layer.build(shape)
-            self._layers = {key: layer}  # one cached layer: cases rarely repeat a shape
+            self._layers[key] = layer
         return self._layers[key]
 
     def _call(self, x, gamma, beta, eps, *, training, stats=None, momentum=0.99):
         """(y, (new_mean, new_var)) with gamma/beta as trainable and the stats as non-trainable state."""
-        layer = self._layer(tuple(x.shape), x.dtype, eps, momentum)
+        layer = self._layer(tuple(x.shape), x.dtype, momentum)
+        layer.epsilon = eps
         channels = x.shape[-1]
         if stats is None:
             stats = (self._jnp.zeros(channels, x.dtype), self._jnp.ones(channels, x.dtype))

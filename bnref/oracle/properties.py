@@ -341,12 +341,12 @@ def inputs_unchanged(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def strides(ctx: Context, case: BNCase) -> list[Outcome]:
-    """Non-contiguous x and dy (a strided view) give the same results as contiguous copies (bug #11)."""
+    """Column-major x and dy give the same results as C-contiguous ones (bug #11: stride handling)."""
     def strided(a):
         big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
         big[..., ::2] = a
         view = big[..., ::2]
-        return np.asfortranarray(view) if a.ndim > 2 and view.shape[0] > 1 else view
+        return np.asfortranarray(view)  # column-major: a kernel that assumes C order reads scrambled data
 
     dy = _cotangents(case)[0]
     y = ctx.call("forward_train", *_args(case))
