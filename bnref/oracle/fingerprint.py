@@ -8,7 +8,8 @@ inputs whose answer under each convention is known in closed form:
   ``|y_0| = 1/sqrt(v + eps)`` with eps inside the square root, ``1/(sqrt(v) + eps)``
   outside, ``1/sqrt(v)`` if eps is ignored, for ``v = 1`` (divide by m) or 4/3
   (divide by m - 1): six distinct values.
-* **Running statistics.** One step from two different old values ``r_1, r_2``
+* **Running statistics.** A batch ``[1, 5, 1, 5]`` (mean 3, biased variance 4,
+  unbiased 16/3); one step from two different old values ``r_1, r_2``
   separates the weight ``w`` on the new value from the batch statistic ``s`` it
   uses: ``new_k = (1 - w) r_k + w s``. ``w = momentum`` is the PyTorch convention
   (new-weighted), ``w = 1 - momentum`` the Flax/Keras one (old-weighted); ``s``
@@ -52,8 +53,8 @@ class RunningConvention:
     momentum: float            # the momentum passed to the probe
     weight_mean: float         # w measured on the mean
     weight_var: float          # w measured on the variance
-    stat_mean: float           # the batch statistic the mean moved toward (true batch mean: 2)
-    stat_var: float            # ... the variance (biased 1, unbiased 4/3)
+    stat_mean: float           # the batch statistic the mean moved toward (true batch mean: 3)
+    stat_var: float            # ... the variance (biased 4, unbiased 16/3)
     count: int
     direction_mean: str | None  # "new" / "old" / None (unrecognized)
     direction_var: str | None
@@ -62,7 +63,7 @@ class RunningConvention:
     @property
     def consistent(self) -> bool:
         return (self.direction_mean is not None and self.direction_mean == self.direction_var
-                and self.var_divisor is not None and abs(self.stat_mean - 2.0) <= 1e-3)
+                and self.var_divisor is not None and abs(self.stat_mean - 3.0) <= 3e-3)
 
     def weight(self, momentum: float) -> float:
         """The weight on the new value for a given momentum, in this convention."""
@@ -156,7 +157,8 @@ def _probe_running(candidate, dtype, fp: Fingerprint) -> None:
         fp.running_note = "not provided"
         return
     count = 4
-    x = _column([1.0, 3.0, 1.0, 3.0], dtype)  # batch mean 2, biased var 1, unbiased 4/3
+    # batch mean 3, biased var 4, unbiased 16/3; none of 1/sqrt(var), sqrt(var) or 1 is close to them
+    x = _column([1.0, 5.0, 1.0, 5.0], dtype)
     olds = (1.0, 5.0)
     try:
         news = [candidate.update_running(x, np.full(1, r, dtype), np.full(1, r, dtype), PROBE_MOMENTUM)
@@ -174,7 +176,7 @@ def _probe_running(candidate, dtype, fp: Fingerprint) -> None:
 
     (w_mean, s_mean), (w_var, s_var) = solve(0), solve(1)
     direction = lambda w: _closest(w, {"new": PROBE_MOMENTUM, "old": 1 - PROBE_MOMENTUM}, 1e-3)  # noqa: E731
-    divisor = _closest(s_var, {"m": 1.0, "m-1": count / (count - 1)}, 1e-3) if math.isfinite(s_var) else None
+    divisor = _closest(s_var, {"m": 4.0, "m-1": 4.0 * count / (count - 1)}, 1e-3) if math.isfinite(s_var) else None
     fp.running = RunningConvention(PROBE_MOMENTUM, w_mean, w_var, s_mean, s_var, count, direction(w_mean),
                                    direction(w_var), divisor)
 

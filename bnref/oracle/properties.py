@@ -107,7 +107,7 @@ def _check(quantity: str, actual, expected, case: BNCase, scale: float, *, label
     kappa = condition_number(case.x, case.channel_axis, case.eps) if kappa is None else kappa
     result = compare(quantity, actual, expected, dtype=case.x.dtype, kappa=kappa, m=case.count, scale=scale)
     tol = candidate_tolerance(quantity, case.x.dtype, kappa=kappa, m=case.count, gross_only=_gross_only(case))
-    return replace(Outcome.of(replace(result, tolerance=tol)), quantity=label)
+    return Outcome.of(replace(result, tolerance=tol, quantity=label))
 
 
 def _check_all(names, actuals, expecteds, case, scale: dict, prefix: str = "") -> list[Outcome]:
@@ -151,7 +151,10 @@ def forward(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def backward(ctx: Context, case: BNCase) -> list[Outcome]:
-    """(dx, dgamma, dbeta) of the training forward agree with the reference's VJP."""
+    """dx, dgamma, dbeta agree with the reference's VJP.
+
+    The cotangent dy is drawn from the case's seed; statistics are differentiated through.
+    """
     dy = _cotangents(case)[0]
     grads = ctx.call("backward", *_args(case), dy)
     expected = reference.backward(dy, case.x, case.gamma, case.beta, case.eps, case.channel_axis)
@@ -171,7 +174,10 @@ def _running_stats(case: BNCase):
 
 
 def forward_eval(ctx: Context, case: BNCase) -> list[Outcome]:
-    """Eval forward with given running statistics agrees with the reference (and ignores the batch's)."""
+    """Eval y with given running statistics agrees with the reference.
+
+    The running statistics differ from the batch's, so an eval that uses the batch's fails.
+    """
     running_mean, running_var = _running_stats(case)
     y = ctx.call("forward_eval", *case_args_eval(case, running_mean, running_var))
     y_ref = reference.forward_eval(case.x, case.gamma, case.beta, running_mean, running_var, case.eps,
@@ -189,7 +195,7 @@ def case_args_eval(case: BNCase, running_mean, running_var):
 
 
 def double_backward(ctx: Context, case: BNCase) -> list[Outcome]:
-    """(gx, ggamma, gdy), the VJP of the backward, agree with autograd-of-autograd."""
+    """gx, ggamma, gdy (VJP of the backward) agree with autograd-of-autograd."""
     dy, ddx, ddgamma, ddbeta = _cotangents(case)
     grads = ctx.call("double_backward", *_args(case), dy, ddx, ddgamma, ddbeta)
     expected = reference.double_backward(ddx, ddgamma, ddbeta, dy, case.x, case.gamma, case.beta, case.eps,
@@ -201,7 +207,7 @@ MOMENTA = (0.1, 0.01, 0.3, 0.9)
 
 
 def running_stats(ctx: Context, case: BNCase) -> list[Outcome]:
-    """One update of the running statistics follows the convention the fingerprint measured.
+    """One running-statistics step follows the measured convention.
 
     Conventions differ between frameworks (momentum on the new or the old value; the
     running variance with m or m - 1) and are reported, not failed; but whichever the
@@ -233,7 +239,10 @@ def _self_check(quantity, actual, expected, case: BNCase, scale: float, label: s
 
 
 def shift_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
-    """BN(x + c) = BN(x) for a per-channel constant c (bugs #1, #5: large offsets)."""
+    """BN(x + c) = BN(x) for a per-channel constant c (bugs #1, #5).
+
+    Offsets are powers of two up to 1024: large enough to expose E[x^2] - E[x]^2.
+    """
     rng = _rng(case, 4)
     c = rng.choice([-1.0, 1.0], case.channels) * 2.0 ** rng.integers(0, 11, case.channels)
     shifted = (case.x.astype(np.float64) + _per_channel(c, case)).astype(case.x.dtype)
@@ -246,7 +255,11 @@ def shift_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def scale_equivariance(ctx: Context, case: BNCase) -> list[Outcome]:
-    """BN_eps(a x) = BN_{eps/a^2}(x) for a = 2^k (exact in floating point; bug #7, and eps honoured)."""
+    """BN(a x; eps a^2) = BN(x; eps) for a = 2^k (bug #7: scale handling).
+
+    Scaling by a power of two is exact, so a correct kernel agrees to rounding; a
+    hard-coded or ignored eps does not.
+    """
     rng = _rng(case, 5)
     a = 2.0 ** int(rng.integers(-4, 5))
     y = ctx.call("forward_train", *_args(case))
@@ -257,7 +270,10 @@ def scale_equivariance(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def batch_permutation(ctx: Context, case: BNCase) -> list[Outcome]:
-    """Permuting the batch axis permutes y and dx the same way (statistics pool the whole batch)."""
+    """Permuting the batch axis permutes y and dx the same way.
+
+    The statistics pool the whole batch, whatever its order.
+    """
     batch_axis = 0 if case.channel_axis % case.x.ndim != 0 else 1
     perm = _rng(case, 6).permutation(case.x.shape[batch_axis])
     take = lambda a: np.take(a, perm, axis=batch_axis)  # noqa: E731
@@ -279,7 +295,10 @@ def _result(value, n: int):
 
 
 def sum_dx_zero(ctx: Context, case: BNCase) -> list[Outcome]:
-    """sum_i dx_i = 0 in every channel (the mean is subtracted, so y ignores a shift of x)."""
+    """sum_i dx_i = 0 in every channel.
+
+    y ignores a shift of x because the mean is subtracted, so dx has no component along it.
+    """
     dy = _cotangents(case)[0]
     dx = np.asarray(_result(ctx.call("backward", *_args(case), dy), 3)[0])
     total = dx.astype(np.float64).sum(axis=_reduce_axes(case)) if dx.shape == case.x.shape else dx
@@ -290,7 +309,10 @@ def sum_dx_zero(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def constant_channel(ctx: Context, case: BNCase) -> list[Outcome]:
-    """A constant channel (var = 0) gives y = beta exactly where x - mean rounds to 0 (bugs #1, #2, #24)."""
+    """A constant channel gives y = beta (bugs #1, #2, #24).
+
+    var = 0 there: y = beta exactly when x - mean rounds to 0, never NaN.
+    """
     y = np.asarray(ctx.call("forward_train", *_args(case)))
     x64 = case.x.astype(np.float64)
     constant = np.ptp(x64, axis=_reduce_axes(case)) == 0
@@ -307,7 +329,10 @@ EPS_PROBES = (0.5, 3.0)
 
 
 def eps_honoured(ctx: Context, case: BNCase) -> list[Outcome]:
-    """The candidate uses the eps it is given: forward at eps = 0.5 and 3 agrees with the reference."""
+    """Uses the eps it is given: forward at eps = 0.5 and 3 agrees with the reference.
+
+    Non-standard values (Theano's trick): a hard-coded eps cannot agree with them.
+    """
     out = []
     for eps in EPS_PROBES:
         probe = replace(case, eps=eps)
@@ -318,7 +343,10 @@ def eps_honoured(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def inputs_unchanged(ctx: Context, case: BNCase) -> list[Outcome]:
-    """No method writes into its input arrays (x, gamma, beta, dy, running statistics, cotangents)."""
+    """No method writes into its input arrays.
+
+    Checked for x, gamma, beta, dy, the running statistics and the cotangents.
+    """
     dy, ddx, ddgamma, ddbeta = _cotangents(case)
     running_mean, running_var = _running_stats(case)
     calls = {"forward_train": _args(case), "backward": (*_args(case), dy),
@@ -341,7 +369,7 @@ def inputs_unchanged(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def strides(ctx: Context, case: BNCase) -> list[Outcome]:
-    """Column-major x and dy give the same results as C-contiguous ones (bug #11: stride handling)."""
+    """Column-major x and dy give the results of C-contiguous ones (bug #11)."""
     def strided(a):
         big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
         big[..., ::2] = a

@@ -23,8 +23,8 @@ class NaiveVariance(CorrectBN):
 
 
 class EpsOutsideSqrt(CorrectBN):
-    """(x - mean) / (sqrt(var) + eps): eps added to the standard deviation, not the variance (the
-    classic textbook slip; every framework in section 1 adds eps inside the square root)."""
+    """(x - mean) / (sqrt(var) + eps): eps added to the standard deviation, not the variance (a textbook
+    slip named in issue 3; section 1: every framework adds eps inside the square root)."""
 
     name = "eps-outside-sqrt"
     breaks = "forward"
@@ -68,8 +68,8 @@ class StatsOverWrongAxes(CorrectBN):
 
 
 class HardcodedEps(CorrectBN):
-    """Uses eps = 1e-5 whatever eps it is given (Theano's tests pick eps = 5e-3 'to test if it's used';
-    the seed post hard-codes 1e-5)."""
+    """Uses eps = 1e-5 whatever eps it is given (section 2: Theano's tests pick eps = 5e-3 'to test if
+    it's used'; row 24's missing eps; the seed post hard-codes 1e-5)."""
 
     name = "hardcoded-eps"
     breaks = "eps_honoured"
@@ -79,8 +79,8 @@ class HardcodedEps(CorrectBN):
 
 
 class MutatesInput(CorrectBN):
-    """Centers x in place (x -= mean) to save memory, corrupting the caller's array (an in-place
-    'optimization'; the oracle's protocol forbids writing into inputs)."""
+    """Centers x in place (x -= mean) to save memory, corrupting the caller's array (in-place mutation of
+    x, named in issue 3; the oracle's protocol forbids writing into inputs)."""
 
     name = "mutates-input"
     breaks = "inputs_unchanged"
@@ -160,7 +160,7 @@ class MomentumDropped(CorrectBN):
 
 class RunningVarStoresInvstd(CorrectBN):
     """The 'running variance' buffer holds a moving average of 1/sqrt(var + eps), as the cuDNN v4
-    header did (section 1, cuDNN row), read back as a variance by the framework."""
+    header did (section 1, cuDNN row: a v4 bug class), read back as a variance by the framework."""
 
     name = "running-var-stores-invstd"
     breaks = "running_stats"
