@@ -29,7 +29,8 @@ import numpy as np
 
 from bnref import reference
 from bnref.strategies import CONDITIONS, BNCase
-from bnref.testing import TOLERANCES, compare, condition_number, scales, unit_roundoff
+from bnref.testing import (TOLERANCES, compare, condition_number, per_channel, reduce_axes, scales,
+                           unit_roundoff)
 
 __all__ = ["Outcome", "Property", "PROPERTIES", "CandidateError", "candidate_tolerance", "GROSS",
            "property_named"]
@@ -132,13 +133,11 @@ def _scales(case: BNCase, dy=None, ddx=None, ddgamma=None, ddbeta=None) -> dict:
 
 
 def _reduce_axes(case: BNCase) -> tuple[int, ...]:
-    return tuple(i for i in range(case.x.ndim) if i != case.channel_axis % case.x.ndim)
+    return reduce_axes(case.x.ndim, case.channel_axis)
 
 
 def _per_channel(v, case: BNCase):
-    shape = [1] * case.x.ndim
-    shape[case.channel_axis % case.x.ndim] = -1
-    return np.reshape(v, shape)
+    return per_channel(v, case.x.ndim, case.channel_axis)
 
 
 # --------------------------------------------------------------------------- agreement with the reference

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnref import reference
+from bnref.testing import per_channel, reduce_axes
 
 
 class CorrectBN:
@@ -23,12 +24,10 @@ class CorrectBN:
 
     # ----------------------------------------------------------------- layout helpers
     def axes(self, x):
-        return tuple(i for i in range(x.ndim) if i != self.channel_axis % x.ndim)
+        return reduce_axes(x.ndim, self.channel_axis)
 
     def per_channel(self, v, x):
-        shape = [1] * x.ndim
-        shape[self.channel_axis % x.ndim] = -1
-        return np.reshape(v, shape)
+        return per_channel(v, x.ndim, self.channel_axis)
 
     def f64(self, x):
         return np.asarray(x, dtype=np.float64)
