@@ -99,6 +99,14 @@ def _evaluate(prop, ctx: Context, case) -> list[Outcome]:
         return [Outcome("call", False, math.inf, str(exc))]
 
 
+def _target_of(candidate) -> str:
+    """``module:Class`` for an instance of an importable class (what the replay needs), else its name."""
+    cls = type(candidate)
+    if "<" not in cls.__qualname__ and cls.__module__ not in ("__main__", "builtins"):
+        return f"{cls.__module__}:{cls.__qualname__}"
+    return getattr(candidate, "name", "candidate")
+
+
 def _replay_code(target: str, prop: str, case) -> str:
     return (f"python -c \"import bnref.oracle as o, bnref.strategies; "
             f"o.replay({target!r}, {prop!r}, {case.replay()})\"")
@@ -146,7 +154,7 @@ def run_property(candidate, prop, dtype: str, *, ctx: Context | None = None, max
         result.failures = [o.text for o in bad]
         result.worst_ratio = max(o.ratio for o in bad)
         result.case = case.describe()
-        result.replay = _replay_code(target or candidate.name, prop.name, case)
+        result.replay = _replay_code(target or _target_of(candidate), prop.name, case)
     return result
 
 
@@ -165,7 +173,7 @@ def check(candidate, dtypes=None, profile: str = "default", seed: int = 0, *, pr
     """
     from bnref._progress import Progress
 
-    target = target or (candidate if isinstance(candidate, str) else getattr(candidate, "name", "candidate"))
+    target = target or (candidate if isinstance(candidate, str) else _target_of(candidate))
     candidate = load_target(candidate)
     validate(candidate)
     if profile not in PROFILES:
