@@ -225,8 +225,9 @@ def fingerprint(candidate, dtype: str | None = None) -> Fingerprint:
     dtypes = tuple(candidate.dtypes)
     dtype = dtype or ("float64" if "float64" in dtypes else dtypes[0])
     fp = Fingerprint(dtype=dtype)
-    _probe_eps(candidate, dtype, fp)
-    _probe_running(candidate, dtype, fp)
-    _probe_single_value(candidate, dtype, fp)
-    _probe_float32_offset(candidate, fp)
+    with np.errstate(all="ignore"):  # a candidate's NaN or inf is a finding, reported in the entry
+        _probe_eps(candidate, dtype, fp)
+        _probe_running(candidate, dtype, fp)
+        _probe_single_value(candidate, dtype, fp)
+        _probe_float32_offset(candidate, fp)
     return fp
