@@ -121,14 +121,9 @@ class Report:
         data = asdict(self)
         data["fingerprint"] = None if self.fingerprint is None else self.fingerprint.to_dict()
         data["ok"] = self.ok
-        return json.dumps(data, indent=2, default=_jsonable)
+        return json.dumps(data, indent=2, default=str)
 
 
 def _ratio(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.3g}"
 
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return str(value)
