@@ -121,9 +121,20 @@ class Report:
         data = asdict(self)
         data["fingerprint"] = None if self.fingerprint is None else self.fingerprint.to_dict()
         data["ok"] = self.ok
-        return json.dumps(data, indent=2, default=str)
+        return json.dumps(_finite(data), indent=2, default=str)
 
 
 def _ratio(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.3g}"
 
+
+
+def _finite(value):
+    """JSON has no inf/NaN: write them as the strings "inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
