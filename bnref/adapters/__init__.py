@@ -16,6 +16,7 @@ ADAPTERS: dict[str, str] = {
     "torch-channels-last": "bnref.adapters._torch:TorchChannelsLastCandidate",
     "flax": "bnref.adapters._flax:FlaxCandidate",
     "flax-two-pass": "bnref.adapters._flax:FlaxTwoPassCandidate",
+    "flax-sync": "bnref.adapters._flax_sync:FlaxSyncCandidate",
     "keras": "bnref.adapters._keras:KerasCandidate",
     "seed": "bnref.adapters._seed:SeedCandidate",
 }

@@ -11,6 +11,7 @@ import functools
 import numpy as np
 
 import bnref
+from bnref import sync
 
 
 def _single_threaded(method):
@@ -58,3 +59,12 @@ class BnrefCandidate:
     def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
         _, mean, var = bnref.forward_train(x, gamma, beta, eps, self.channel_axis)
         return bnref.double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps, self.channel_axis)
+
+    @_single_threaded
+    def forward_train_sharded(self, xs, gamma, beta, eps):
+        return sync.forward_train_sharded(xs, gamma, beta, eps, self.channel_axis)[0]
+
+    @_single_threaded
+    def backward_sharded(self, xs, gamma, beta, eps, dys):
+        _, mean, var = sync.forward_train_sharded(xs, gamma, beta, eps, self.channel_axis)
+        return sync.backward_sharded(dys, xs, gamma, mean, var, eps, self.channel_axis)

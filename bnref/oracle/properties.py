@@ -111,10 +111,10 @@ def _check(quantity: str, actual, expected, case: BNCase, scale: float, *, label
     return Outcome.of(replace(result, tolerance=tol, quantity=label))
 
 
-def _check_all(names, actuals, expecteds, case, scale: dict, prefix: str = "") -> list[Outcome]:
+def _check_all(names, actuals, expecteds, case, scale: dict, prefix: str = "", suffix: str = "") -> list[Outcome]:
     if not isinstance(actuals, (tuple, list)) or len(actuals) != len(names):
         raise CandidateError(f"expected a tuple ({', '.join(names)}); got {type(actuals).__name__}")
-    return [_check(n, a, e, case, scale[n], label=prefix + n) for n, a, e in zip(names, actuals, expecteds)]
+    return [_check(n, a, e, case, scale[n], label=prefix + n + suffix) for n, a, e in zip(names, actuals, expecteds)]
 
 
 def _cotangents(case: BNCase):
@@ -383,6 +383,72 @@ def strides(ctx: Context, case: BNCase) -> list[Outcome]:
     return _metamorphic(ctx, case, strided, lambda a: a, "strided x")
 
 
+# --------------------------------------------------------------------------- sharded (cross-replica) batch norm
+
+#: shards a candidate is given at most when it does not say (``candidate.max_shards``)
+DEFAULT_MAX_SHARDS = 4
+
+
+def shard_sizes(case: BNCase, kind: str, max_shards: int | None) -> tuple[int, ...]:
+    """Sizes along the batch axis (axis 0) of the split a sharded property uses, from the case's seed.
+
+    ``uneven``: 2..max_shards non-empty shards of random sizes (fewer when the batch is smaller);
+    ``degenerate``: a shard of 1 or 0 samples beside the rest -- ``(1, n-1)``, ``(0, n)``,
+    ``(n-1, 0, 1)``, ``(1, 1, n-2)``: the splits of PyTorch #22192/#36865 and apex #262.
+    """
+    n = case.x.shape[0]
+    k_max = max(2, min(max_shards or DEFAULT_MAX_SHARDS, DEFAULT_MAX_SHARDS))
+    rng = _rng(case, 7)
+    if kind == "uneven":
+        k = min(int(rng.integers(2, k_max + 1)), n)  # every shard non-empty
+        cuts = np.sort(rng.choice(np.arange(1, n), size=k - 1, replace=False)) if k > 1 else []
+        edges = [0, *list(cuts), n]
+        return tuple(int(b - a) for a, b in zip(edges, edges[1:]))
+    if kind != "degenerate":
+        raise ValueError(f"unknown split kind {kind!r}")
+    patterns = [(1, n - 1), (0, n)]
+    if k_max >= 3:
+        patterns.append((n - 1, 0, 1))
+        if n >= 2:
+            patterns.append((1, 1, n - 2))
+    return patterns[int(rng.integers(len(patterns)))]
+
+
+def _joined(name: str, parts, xs) -> np.ndarray:
+    """The per-shard outputs concatenated back into one batch (shapes checked shard by shard)."""
+    if not isinstance(parts, (list, tuple)) or len(parts) != len(xs):
+        raise CandidateError(f"expected {name} as a list of {len(xs)} arrays, one per shard; "
+                             f"got {type(parts).__name__}")
+    parts = [np.asarray(p) for p in parts]
+    for i, (p, x) in enumerate(zip(parts, xs)):
+        if p.shape != x.shape:
+            raise CandidateError(f"{name}[{i}] has shape {p.shape}, expected {x.shape} (the shard's)")
+    return np.concatenate(parts)
+
+
+def _sharded(kind: str):
+    """The property body for splits of ``kind`` (see :func:`shard_sizes`)."""
+
+    def body(ctx: Context, case: BNCase) -> list[Outcome]:
+        sizes = shard_sizes(case, kind, getattr(ctx.candidate, "max_shards", None))
+        cuts = np.cumsum(sizes)[:-1]
+        dy = _cotangents(case)[0]
+        xs, dys = np.split(case.x, cuts), np.split(dy, cuts)
+        ys = ctx.call("forward_train_sharded", xs, case.gamma, case.beta, case.eps)
+        dxs, dgamma, dbeta = _result(ctx.call("backward_sharded", xs, case.gamma, case.beta, case.eps, dys), 3)
+        y_ref = reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
+        grads_ref = reference.backward(dy, case.x, case.gamma, case.beta, case.eps, case.channel_axis)
+        actual = (_joined("ys", ys, xs), _joined("dxs", dxs, xs), dgamma, dbeta)
+        return _check_all(("y", "dx", "dgamma", "dbeta"), actual, (y_ref, *grads_ref), case, _scales(case, dy),
+                          suffix=f" over shards {sizes}")
+
+    body.__doc__ = {
+        "uneven": "Shards of unequal sizes: ys, dxs, dgamma, dbeta are the whole batch's (issue 7).",
+        "degenerate": "Shards of 1 and 0 samples beside the rest (PyTorch #22192, #36865; apex #262).",
+    }[kind]
+    return body
+
+
 # --------------------------------------------------------------------------- the catalogue
 
 @dataclass(frozen=True)
@@ -399,6 +465,9 @@ class Property:
         return (self.body.__doc__ or "").strip().splitlines()[0]
 
 
+#: what the sharded properties call
+SHARDED = ("forward_train_sharded", "backward_sharded")
+
 PROPERTIES: tuple[Property, ...] = (
     Property("forward", forward),
     Property("backward", backward, ("backward",)),
@@ -413,6 +482,8 @@ PROPERTIES: tuple[Property, ...] = (
     Property("eps_honoured", eps_honoured, conditions=("well", "tiny_spread", "minimal")),
     Property("inputs_unchanged", inputs_unchanged),
     Property("strides", strides, ("forward_train", "backward")),
+    Property("sharded_uneven", _sharded("uneven"), SHARDED),
+    Property("sharded_degenerate", _sharded("degenerate"), SHARDED),
 )
 
 

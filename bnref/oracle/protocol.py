@@ -18,6 +18,9 @@ Optional (the report says "not provided" where absent)::
     forward_eval(x, gamma, beta, running_mean, running_var, eps) -> y
     update_running(x, running_mean, running_var, momentum) -> (new_mean, new_var)
     double_backward(x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta) -> (gx, ggamma, gdy)
+    forward_train_sharded(xs, gamma, beta, eps) -> ys          # cross-replica (synchronized) BN
+    backward_sharded(xs, gamma, beta, eps, dys) -> (dxs, dgamma, dbeta)
+    max_shards: int                  # most shards the sharded methods take (default 4)
     version: str                     # printed in the report header
     ranks: tuple[int, ...]           # the ranks of x it accepts (default 2..5)
 
@@ -25,6 +28,11 @@ Optional (the report says "not provided" where absent)::
 statistics in the candidate's own convention (momentum on the new or the old
 value, running variance with m or m - 1): the oracle measures the convention
 and checks the candidate against it.
+
+The sharded methods take the batch cut along axis 0 into a list of shards (any
+sizes, 1 and 0 included), one per replica, and must normalize every shard with the
+statistics of the *whole* batch; ``dgamma``, ``dbeta`` are the whole batch's (summed
+over the replicas). They return lists in the order of ``xs``.
 """
 from __future__ import annotations
 
@@ -36,7 +44,8 @@ __all__ = ["Candidate", "OPTIONAL_METHODS", "REQUIRED_METHODS", "provides", "val
            "ranks_of"]
 
 REQUIRED_METHODS = ("forward_train", "backward")
-OPTIONAL_METHODS = ("forward_eval", "update_running", "double_backward")
+OPTIONAL_METHODS = ("forward_eval", "update_running", "double_backward", "forward_train_sharded",
+                    "backward_sharded")
 DEFAULT_RANKS = (2, 3, 4, 5)
 
 
