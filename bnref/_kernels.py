@@ -12,10 +12,35 @@ the thread count (the reduction is split into a fixed number of chunks).
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
 _PARALLEL = dict(cache=True, nogil=True, parallel=True)
+
+#: below this many elements a kernel runs single-threaded: waking threads costs more than the
+#: work, and on a loaded machine (pytest -n auto) parallel regions on tiny arrays stall badly
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def _with_serial_twin(kernel):
+    """Attach ``kernel.serial``: the same Python function compiled without ``parallel``.
+
+    The twin gets its own qualified name so that Numba's on-disk cache keeps both.
+    """
+    py = kernel.py_func
+    twin = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial", py.__defaults__,
+                              py.__closure__)
+    twin.__qualname__ = py.__qualname__ + "_serial"
+    twin.__doc__ = py.__doc__
+    kernel.serial = njit(cache=True, nogil=True)(twin)
+    return kernel
+
+
+def pick(kernel, size: int):
+    """The parallel kernel for large inputs, its serial twin for small ones."""
+    return kernel if size >= PARALLEL_MIN_ELEMENTS else kernel.serial
 
 #: a statistics block holds about this many elements, so its second pass reads cache, not memory
 BLOCK_ELEMENTS = 1 << 15
@@ -29,6 +54,7 @@ def chunking(a: int) -> tuple[int, int]:
     return nchunks, -(-a // nchunks) if a else 0
 
 
+@_with_serial_twin
 @njit(**_PARALLEL)
 def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
     """Per-channel mean and M2 of ``x`` (A, C, B) about ``shift`` (C,), both float64 (C,).
@@ -84,6 +110,7 @@ def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
     return mean, m2
 
 
+@_with_serial_twin
 @njit(**_PARALLEL)
 def channel_sums(x, mean, invstd, dy, ddx, rows_per_chunk, nchunks):
     """Per-channel sums over (A, B), float64 (C, 5), with xhat = (x - mean) * invstd:
@@ -127,6 +154,7 @@ def channel_sums(x, mean, invstd, dy, ddx, rows_per_chunk, nchunks):
     return sums
 
 
+@_with_serial_twin
 @njit(**_PARALLEL)
 def normalize_affine(x, mean, scale, shift, out):
     """out = (x - mean) * scale + shift, per channel; the subtraction is done in float64."""
@@ -140,6 +168,7 @@ def normalize_affine(x, mean, scale, shift, out):
                 out[a, c, b] = (x[a, c, b] - mean_c) * scale_c + shift_c
 
 
+@_with_serial_twin
 @njit(**_PARALLEL)
 def combine(x, mean, u, v, k_x, k_u, k_v, k_0, out):
     """out = k_x*(x - mean) + k_u*u + k_v*v + k_0, with per-channel (C,) float64 coefficients."""

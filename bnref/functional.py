@@ -62,9 +62,12 @@ class _Prepared:
 
         return result, result3, finish
 
+    def kernel(self, kernel):
+        return _kernels.pick(kernel, self.x.size)
+
     def sums(self, mean, invstd, dy3, ddx3):
         nchunks, rows = _kernels.chunking(self.x3.shape[0])
-        return _kernels.channel_sums(self.x3, mean, invstd, dy3, ddx3, rows, nchunks)
+        return self.kernel(_kernels.channel_sums)(self.x3, mean, invstd, dy3, ddx3, rows, nchunks)
 
 
 def _invstd(var: np.ndarray, eps: float) -> np.ndarray:
@@ -84,7 +87,7 @@ def _moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
     shift = x3[0, :, 0].astype(np.float64)  # a sample of each channel
     nchunks, rows = _kernels.chunking(a)
     rows_per_block = max(1, _kernels.BLOCK_ELEMENTS // max(1, c * b))
-    mean_shifted, m2 = _kernels.channel_moments(x3, shift, rows, nchunks, rows_per_block)
+    mean_shifted, m2 = prep.kernel(_kernels.channel_moments)(x3, shift, rows, nchunks, rows_per_block)
     mean = shift + mean_shifted
     var = m2 / prep.count
     _checks.finite_stats("the batch mean or variance of x", mean + var, prep.axis)
@@ -118,7 +121,7 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
     eps = _checks.eps_value(eps)
     mean, var = _moments(prep)
     y, y3, finish = prep.output(out)
-    _kernels.normalize_affine(prep.x3, mean, gamma * _invstd(var, eps), beta, y3)
+    prep.kernel(_kernels.normalize_affine)(prep.x3, mean, gamma * _invstd(var, eps), beta, y3)
     return finish(), mean, var
 
 
@@ -143,7 +146,7 @@ def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_ax
     running_var = _nonnegative("running_var", prep.vector("running_var", running_var, stats=True))
     eps = _checks.eps_value(eps)
     y, y3, finish = prep.output(out)
-    _kernels.normalize_affine(prep.x3, running_mean, gamma * _invstd(running_var, eps), beta, y3)
+    prep.kernel(_kernels.normalize_affine)(prep.x3, running_mean, gamma * _invstd(running_var, eps), beta, y3)
     return finish()
 
 
@@ -179,7 +182,7 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
     k_xmu = -gamma_invstd * invstd * sum_dy_xhat / m     # term 3: xhat * sum(dy xhat)
     k_const = -gamma_invstd * sum_dy / m                 # term 2: sum(dy)
     dx, dx3, finish = prep.output(out)
-    _kernels.combine(prep.x3, mean, dy3, dy3, k_xmu, k_dy, np.zeros_like(k_dy), k_const, dx3)
+    prep.kernel(_kernels.combine)(prep.x3, mean, dy3, dy3, k_xmu, k_dy, np.zeros_like(k_dy), k_const, dx3)
     dtype = prep.x.dtype
     return finish(), sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
 
@@ -201,7 +204,7 @@ def backward_eval(dy, x, gamma, running_mean, running_var, eps=1e-5, channel_axi
     sums = prep.sums(running_mean, invstd, dy3, dy3)
     zeros = np.zeros_like(invstd)
     dx, dx3, finish = prep.output(out)
-    _kernels.combine(prep.x3, running_mean, dy3, dy3, zeros, gamma * invstd, zeros, zeros, dx3)
+    prep.kernel(_kernels.combine)(prep.x3, running_mean, dy3, dy3, zeros, gamma * invstd, zeros, zeros, dx3)
     dtype = prep.x.dtype
     return finish(), sums[:, 1].astype(dtype), sums[:, 0].astype(dtype)
 
@@ -248,7 +251,7 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     # gdy = g s ddx + (ddgamma s - g s^2 Q/m) (x - mean) + (ddbeta - g s M(ddx))
     gdy, gdy3, finish_gdy = prep.output(None)
     zeros = np.zeros_like(s)
-    _kernels.combine(prep.x3, mean, ddx3, ddx3, ddgamma * s - g * s * s * Q / m, g * s, zeros,
+    prep.kernel(_kernels.combine)(prep.x3, mean, ddx3, ddx3, ddgamma * s - g * s * s * Q / m, g * s, zeros,
                      ddbeta - g * s * mean_ddx, gdy3)
     # gx, expanded in (x - mean), dy, ddx and a constant:
     c = g * s * s / m
@@ -257,7 +260,7 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     k_ddx = -c * P
     k_const = c * (Q * mean_dy + P * mean_ddx) - ddgamma * s * mean_dy
     gx, gx3, finish_gx = prep.output(None)
-    _kernels.combine(prep.x3, mean, dy3, ddx3, k_xmu, k_dy, k_ddx, k_const, gx3)
+    prep.kernel(_kernels.combine)(prep.x3, mean, dy3, ddx3, k_xmu, k_dy, k_ddx, k_const, gx3)
     return finish_gx(), ggamma.astype(prep.x.dtype), finish_gdy()
 
 
