@@ -85,9 +85,15 @@ def _train(argv: list[str]) -> int:
               f"test accuracy {last['test_acc']:.4f}, test loss {last['test_loss']:.4f}, "
               f"{last['elapsed']:.1f} s training")
     print(f"wrote {out / 'results.json'}")
-    if not args.no_plot:
-        return _plot([str(out)])
-    return 0
+    if args.no_plot:
+        return 0
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError:
+        print("no plots: matplotlib is not installed (pip install 'bnref[mnist]', then "
+              f"'bnref mnist plot {out}')", file=sys.stderr)
+        return 0
+    return _plot([str(out)])
 
 
 def _plot(argv: list[str]) -> int:
