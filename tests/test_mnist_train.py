@@ -185,3 +185,15 @@ def test_bench_mirror_is_the_same_network():
     with torch.no_grad():
         want = mirror(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(net.forward(x, training=False), want, rtol=1e-4, atol=1e-5)
+
+
+def test_summary_table_lists_every_record():
+    from bnref.mnist.plots import table
+
+    rec = lambda step, acc: {"step": step, "epoch": step / 600, "test_acc": acc, "seconds": 1.0}  # noqa: E731
+    results = {"config": {"epochs": 2}, "runs": {"bn": [rec(0, 0.1), rec(600, 0.9), rec(1200, 0.95)],
+                                                 "no_bn": [rec(0, 0.1), rec(600, 0.5)]}}
+    lines = table(results).splitlines()
+    assert len(lines) == 2 + 3
+    assert lines[3].startswith("| 1 |") and "90.00 %" in lines[3] and "50.00 %" in lines[3]
+    assert "95.00 %" in lines[4] and "--" in lines[4]

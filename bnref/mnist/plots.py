@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["plot_results", "merge"]
+__all__ = ["plot_results", "merge", "table"]
 
 _STYLE = {"bn": {"color": "C0", "label": "with BN"}, "no_bn": {"color": "C3", "label": "without BN"}}
 
@@ -88,6 +88,27 @@ def _fig1(plt, results: dict, path: Path) -> Path:
     return path
 
 
+def table(results: dict, every: int = 1) -> str:
+    """A Markdown table of test accuracy (and seconds of training) per record, runs side by side."""
+    runs = results["runs"]
+    keys = [k for k in ("bn", "no_bn") if k in runs]
+    by_epoch = results["config"].get("epochs") is not None
+    head = "| epoch |" if by_epoch else "| step |"
+    head += "".join(f" test acc. {_STYLE[k]['label']} | s/epoch {_STYLE[k]['label']} |" if by_epoch
+                    else f" test acc. {_STYLE[k]['label']} |" for k in keys)
+    lines = [head, "|" + "---|" * (1 + len(keys) * (2 if by_epoch else 1))]
+    n = max(len(runs[k]) for k in keys)
+    for i in range(0, n, every):
+        first = next(runs[k][i] for k in keys if i < len(runs[k]))
+        row = f"| {first['epoch']:g} |" if by_epoch else f"| {first['step']} |"
+        for k in keys:
+            r = runs[k][i] if i < len(runs[k]) else None
+            acc = f" {100 * r['test_acc']:.2f} % |" if r else " -- |"
+            row += acc + ((f" {r['seconds']:.0f} |" if r and r["step"] else " |") if by_epoch else "")
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def merge(results_list: list[dict]) -> dict:
     """One results dict holding the runs of several (same preset and config but for ``bn``)."""
     merged = dict(results_list[0], runs=dict(results_list[0]["runs"]))
@@ -106,7 +127,8 @@ def plot_results(results_files, out_dir) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
-    written = [_curves(plt, results, out_dir / "curves.png")]
+    (out_dir / "summary.md").write_text(table(results) + "\n")
+    written = [out_dir / "summary.md", _curves(plt, results, out_dir / "curves.png")]
     if any(records and "unit_percentiles" in records[0] for records in results["runs"].values()):
         written.append(_fig1(plt, results, out_dir / "fig1.png"))
     return written
