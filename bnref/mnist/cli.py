@@ -41,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=sorted(INITS), help="weight initializer (default: the preset's)")
     p.add_argument("--lr", type=float, help="SGD learning rate (default: the preset's)")
     p.add_argument("--threads", type=int,
-                   help="threads for bnref's Numba kernels (BLAS threads: set OPENBLAS_NUM_THREADS / "
-                        "OMP_NUM_THREADS before starting)")
+                   help="threads for bnref's Numba kernels and (with threadpoolctl installed) BLAS; "
+                        "1 is fastest on a machine shared with other work  [library defaults]")
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -62,12 +62,10 @@ def _train(argv: list[str]) -> int:
         parser.error(f"--lr must be > 0; got {args.lr}")
 
     from bnref.mnist import data as mnist_data
-    from bnref.mnist.train import PRESETS, run_experiment
+    from bnref.mnist.train import PRESETS, limit_threads, run_experiment
 
     if args.threads is not None:
-        import numba
-
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+        limit_threads(args.threads)
     preset = PRESETS[args.preset].with_schedule(epochs=args.epochs, steps=args.steps)
     preset = replace(preset, init=args.init or preset.init, lr=args.lr or preset.lr)
     bn_modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.bn]
