@@ -1,7 +1,10 @@
-"""CI's MPI test (issue 7): ``mpiexec -n 2 python -m bnref.sync.mpi_check`` against the in-process backend.
+"""CI's MPI tests (issue 7), each a 2-process ``mpiexec`` run checked against a one-process run:
 
-Skipped only when mpi4py or mpiexec is missing (the ``test`` extra installs both). The run is
-a subprocess group with a time limit, killed whole if it hangs.
+* ``python -m bnref.sync.mpi_check``: the MPI backend bit-identical to the in-process one;
+* ``python -m bnref.mnist.parallel``: data-parallel training following the one-process curve.
+
+Skipped only when mpi4py or mpiexec is missing (the ``test`` extra installs both). Each run is a
+subprocess group with a time limit, killed whole if it hangs.
 """
 import os
 import shutil
@@ -12,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bnref.sync.mpi_check import CASES
-
 ROOT = Path(__file__).resolve().parents[1]
 TIME_LIMIT_S = 300  # a fresh Numba cache compiles the kernels in both processes first
+PROCESSES = 2
 
 
 def _mpiexec() -> str | None:
@@ -23,15 +25,17 @@ def _mpiexec() -> str | None:
     return str(beside) if beside.exists() else shutil.which("mpiexec")
 
 
-@pytest.mark.parametrize("processes", [2])
-def test_mpi_backend_matches_in_process(processes):
+def _mpirun(module: str) -> str:
+    """Output of ``mpiexec -n 2 python -m module``, asserting exit code 0 within the time limit."""
     pytest.importorskip("mpi4py")
     mpiexec = _mpiexec()
     if mpiexec is None:
         pytest.skip("mpiexec not found (pip install mpich)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    command = [mpiexec, "-n", str(processes), sys.executable, "-m", "bnref.sync.mpi_check"]
+    # one thread per process: two processes share the machine with the other test workers
+    threads = {var: "1" for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                    "MKL_NUM_THREADS")}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **threads)
+    command = [mpiexec, "-n", str(PROCESSES), sys.executable, "-m", module]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
@@ -41,4 +45,16 @@ def test_mpi_backend_matches_in_process(processes):
         output, _ = proc.communicate()
         pytest.fail(f"{' '.join(command)} did not finish in {TIME_LIMIT_S} s (a hang?):\n{output}")
     assert proc.returncode == 0, f"{' '.join(command)} exited {proc.returncode}:\n{output}"
-    assert f"OK: {len(CASES)} cases and 2 error checks on {processes} process(es)" in output, output
+    return output
+
+
+def test_mpi_backend_matches_in_process():
+    from bnref.sync.mpi_check import CASES
+
+    output = _mpirun("bnref.sync.mpi_check")
+    assert f"bnref.sync.mpi_check: OK: {len(CASES)} cases and 2 error checks" in output, output
+
+
+def test_data_parallel_mnist_follows_the_single_process_run():
+    output = _mpirun("bnref.mnist.parallel")
+    assert "bnref.mnist.parallel: OK: 30 data-parallel steps follow the one-process run" in output, output

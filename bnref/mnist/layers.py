@@ -219,13 +219,18 @@ class Dropout(Layer):
         if not training or self.p == 0:
             self.mask = None
             return x
-        mask = self._like("mask", x)
-        self.rng.random(out=mask, dtype=mask.dtype)
+        mask = self._uniform(x)
         # mask <- (u >= p) / (1 - p), in place: 1/(1-p) where kept, 0 where dropped
         np.greater_equal(mask, self.p, out=mask, casting="unsafe")
         mask *= 1.0 / (1.0 - self.p)
         self.mask = mask
         return np.multiply(x, mask, out=self._like("y", x))
+
+    def _uniform(self, x):
+        """U(0, 1) draws, one per element of ``x`` (the data-parallel dropout draws the whole batch's)."""
+        mask = self._like("mask", x)
+        self.rng.random(out=mask, dtype=mask.dtype)
+        return mask
 
     def backward(self, dy):
         if self.mask is None:
@@ -244,13 +249,13 @@ class LogSoftmaxNLL:
         log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         self.log_probs = shifted - log_norm
         self.labels = labels
+        self.batch_size = len(labels)  # the mean's denominator (data-parallel: the global batch)
         return float(-self.log_probs[np.arange(len(labels)), labels].astype(np.float64).mean())
 
     def backward(self) -> np.ndarray:
-        n = len(self.labels)
         dz = np.exp(self.log_probs)
-        dz[np.arange(n), self.labels] -= 1
-        dz /= n
+        dz[np.arange(len(self.labels)), self.labels] -= 1
+        dz /= self.batch_size
         return dz
 
 

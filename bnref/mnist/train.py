@@ -27,6 +27,7 @@ import numpy as np
 from bnref._progress import Progress
 from bnref.mnist.data import Mnist
 from bnref.mnist.layers import BatchNorm, Dropout, Linear, Network, Sigmoid, Tanh
+from bnref.mnist.parallel import DataParallel, ShardedDropout, ShardedNLL, SyncBatchNorm
 
 __all__ = ["Preset", "PRESETS", "build_network", "evaluate", "train", "run_experiment", "limit_threads"]
 
@@ -71,8 +72,12 @@ PRESETS = {
 
 
 def build_network(preset: Preset, *, bn: bool, rng: np.random.Generator, bn_eval: str = "running",
-                  dropout_rng: np.random.Generator | None = None) -> Network:
-    """784 -> [Linear -> (BatchNorm) -> activation -> (Dropout)] per hidden width -> Linear 10."""
+                  dropout_rng: np.random.Generator | None = None, dp: DataParallel | None = None) -> Network:
+    """784 -> [Linear -> (BatchNorm) -> activation -> (Dropout)] per hidden width -> Linear 10.
+
+    With ``dp`` (data-parallel training, :mod:`bnref.mnist.parallel`) batch norm, dropout and the loss
+    are their synchronized versions, over this process's share of each global batch.
+    """
     if preset.activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {preset.activation!r}")
     dropout_rng = dropout_rng if dropout_rng is not None else rng
@@ -81,13 +86,17 @@ def build_network(preset: Preset, *, bn: bool, rng: np.random.Generator, bn_eval
     for width, p in zip(preset.hidden, preset.dropout, strict=True):
         layers.append(Linear(fan_in, width, rng, init=preset.init, bias=not bn))
         if bn:
-            layers.append(BatchNorm(width, eval_stats=bn_eval))
+            layers.append(BatchNorm(width, eval_stats=bn_eval) if dp is None
+                          else SyncBatchNorm(width, dp, eval_stats=bn_eval))
         layers.append(ACTIVATIONS[preset.activation]())
         if p > 0:
-            layers.append(Dropout(p, dropout_rng))
+            layers.append(Dropout(p, dropout_rng) if dp is None else ShardedDropout(p, dropout_rng, dp))
         fan_in = width
     layers.append(Linear(fan_in, 10, rng, init=preset.init))
-    return Network(layers)
+    net = Network(layers)
+    if dp is not None:
+        net.loss = ShardedNLL(dp)
+    return net
 
 
 def _tracked_layer(net: Network) -> int:
@@ -118,7 +127,7 @@ def evaluate(net: Network, images: np.ndarray, labels: np.ndarray, batch_size: i
 
 
 def train(preset: Preset, data: Mnist, *, bn: bool, seed: int = 0, bn_eval: str = "running",
-          progress: bool = True, on_record=None) -> list[dict]:
+          progress: bool = True, on_record=None, comm=None) -> list[dict]:
     """Train one network; returns the evaluation records (the first at step 0, before training).
 
     Each record: ``step``, ``epoch`` (steps / steps per epoch), ``train_loss`` (mean training-mode loss
@@ -126,11 +135,16 @@ def train(preset: Preset, data: Mnist, *, bn: bool, seed: int = 0, bn_eval: str 
     ``seconds`` (training time since the previous record, evaluation excluded), ``elapsed`` (total
     training time), and ``unit_percentiles`` for presets that track a unit. ``on_record(records)`` is
     called after each record.
+
+    With a communicator ``comm`` (:mod:`bnref.sync`) it trains data-parallel: this process takes its
+    share of every global batch of ``preset.batch_size`` (see :mod:`bnref.mnist.parallel`); the losses
+    are the global batch's, and every process returns the same records (each evaluates the whole test set).
     """
     if bn_eval not in ("running", "batch"):
         raise ValueError(f"bn_eval must be 'running' or 'batch'; got {bn_eval!r}")
     init_rng, order_rng, dropout_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    net = build_network(preset, bn=bn, rng=init_rng, bn_eval=bn_eval, dropout_rng=dropout_rng)
+    dp = None if comm is None else DataParallel(comm, preset.batch_size)
+    net = build_network(preset, bn=bn, rng=init_rng, bn_eval=bn_eval, dropout_rng=dropout_rng, dp=dp)
     n_train, batch = len(data.train_images), preset.batch_size
     steps_per_epoch = n_train // batch
     if steps_per_epoch == 0:
@@ -163,7 +177,12 @@ def train(preset: Preset, data: Mnist, *, bn: bool, seed: int = 0, bn_eval: str 
             if position == 0:
                 order = order_rng.permutation(n_train)
             idx = order[position * batch:(position + 1) * batch]
+            if dp is not None:
+                idx = idx[dp.rows]
             loss = net.loss_and_grad(data.train_images[idx], data.train_labels[idx])
+            if dp is not None:
+                loss = dp.mean_loss(loss, len(idx))
+                dp.allreduce_gradients(net)
             net.sgd_step(preset.lr)
             dt = time.perf_counter() - t0
             seconds += dt
@@ -217,24 +236,32 @@ def versions() -> dict:
 
 
 def run_experiment(preset: Preset, data: Mnist, out_dir, *, bn_modes=(True, False), seed: int = 0,
-                   bn_eval: str = "running", limit: int | None = None, progress: bool = True) -> dict:
-    """Train with and/or without BN and write ``out_dir/results.json`` after every record."""
+                   bn_eval: str = "running", limit: int | None = None, progress: bool = True, comm=None) -> dict:
+    """Train with and/or without BN and write ``out_dir/results.json`` after every record.
+
+    With ``comm``, data-parallel over its processes (see :func:`train`); process 0 writes the file.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    writer = comm is None or comm.rank == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     results = {"preset": preset.name,
                "config": {**asdict(preset), "seed": seed, "bn_eval": bn_eval, "limit": limit,
-                          "n_train": len(data.train_images), "n_test": len(data.test_images)},
+                          "n_train": len(data.train_images), "n_test": len(data.test_images),
+                          "processes": 1 if comm is None else comm.size},
                "versions": versions(), "runs": {}}
 
     def save(key, records):
         results["runs"][key] = records
+        if not writer:
+            return
         tmp = out / "results.json.partial"
         tmp.write_text(json.dumps(results, indent=1))
         os.replace(tmp, out / "results.json")
 
     for bn in bn_modes:
         key = "bn" if bn else "no_bn"
-        train(preset, data, bn=bn, seed=seed, bn_eval=bn_eval, progress=progress,
-              on_record=lambda records, key=key: save(key, records))
+        train(preset, data, bn=bn, seed=seed, bn_eval=bn_eval, progress=progress and writer,
+              on_record=lambda records, key=key: save(key, records), comm=comm)
     return results
 

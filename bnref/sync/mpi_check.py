@@ -23,7 +23,7 @@ import numpy as np
 
 from bnref import sync
 from bnref.strategies import make_case
-from bnref.sync.testing import compare_with_unsharded, cotangents, run_sharded, split
+from bnref.sync.testing import compare_with_unsharded, cotangents, run_sharded, split, verdict
 
 #: (shape, dtype, channel_axis, condition, seed, shard sizes along axis 0)
 CASES = [
@@ -60,7 +60,7 @@ def _check_case(comm, spec) -> list[str]:
     if mine:
         results = compare_with_unsharded(case, sizes, local, mine)
         failures += [str(r) for r in results if not r.ok]
-    return [f"process {comm.rank}: {case.replay()} sizes={sizes}: {f}" for f in failures]
+    return [f"{case.replay()} sizes={sizes}: {f}" for f in failures]
 
 
 def _expect_error(comm, label, xs, gamma, beta, pattern) -> list[str]:
@@ -69,8 +69,8 @@ def _expect_error(comm, label, xs, gamma, beta, pattern) -> list[str]:
     except ValueError as exc:
         if pattern in str(exc):
             return []
-        return [f"process {comm.rank}: {label}: wrong message {exc}"]
-    return [f"process {comm.rank}: {label}: no ValueError"]
+        return [f"{label}: wrong message {exc}"]
+    return [f"{label}: no ValueError"]
 
 
 def _check_errors(comm) -> list[str]:
@@ -93,15 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in CASES:
         failures += _check_case(comm, spec)
     failures += _check_errors(comm)
-    everyone = comm.comm.gather(failures, root=0)
-    ok = not comm.comm.allreduce(len(failures))
-    if comm.rank == 0:
-        for line in (f for per_process in everyone for f in per_process):
-            print("FAIL", line)
-        verdict = "OK" if ok else "FAILED"
-        print(f"bnref.sync.mpi_check: {verdict}: {len(CASES)} cases and 2 error checks on {comm.size} process(es); "
-              f"MPI results bit-identical to InProcess and within tolerance of the unsharded functions")
-    return 0 if ok else 1
+    return verdict(comm, "bnref.sync.mpi_check", failures,
+                   f"{len(CASES)} cases and 2 error checks, MPI results bit-identical to InProcess and within "
+                   f"tolerance of the unsharded functions,")
 
 
 if __name__ == "__main__":

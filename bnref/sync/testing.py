@@ -15,7 +15,7 @@ import numpy as np
 import bnref
 from bnref.testing import Comparison, compare, condition_number, scales
 
-__all__ = ["split", "cotangents", "run_sharded", "compare_with_unsharded", "MOMENTUM"]
+__all__ = ["split", "cotangents", "run_sharded", "compare_with_unsharded", "MOMENTUM", "verdict"]
 
 MOMENTUM = 0.1
 
@@ -82,3 +82,19 @@ def compare_with_unsharded(case, sizes, result: dict, mine=None) -> list[Compari
         check("mean", result["running_mean"], running[0], np.float64, scale["mean"] + 1, "running_mean"),
         check("var", result["running_var"], running[1], np.float64, scale["var"] + 1, "running_var"),
     ]
+
+
+def verdict(comm, name: str, problems: list[str], claim: str) -> int:
+    """End an ``mpiexec`` self-check: process 0 prints every process's problems and one line, OK or FAILED.
+
+    Collective. Returns the exit code, 0 when no process found a problem.
+    """
+    everyone = comm.comm.gather(problems, root=0)
+    ok = not comm.comm.allreduce(len(problems))
+    if comm.rank == 0:
+        for rank, found in enumerate(everyone):
+            for line in found:
+                print(f"FAIL process {rank}: {line}")
+        status = "OK" if ok else f"FAILED ({sum(map(len, everyone))} problem(s) above); expected"
+        print(f"{name}: {status}: {claim} on {comm.size} process(es)")
+    return 0 if ok else 1
