@@ -2,7 +2,7 @@
 
     bnref mnist [--preset seed|paper] [--bn on|off|both] [--epochs N | --steps N] [--seed S]
                 [--data-dir D] [--out DIR] [--limit N] [--bn-eval running|batch] [--init NAME]
-                [--lr LR] [--threads N] [--data-parallel] [--no-plot]
+                [--lr LR] [--eval-every STEPS] [--threads N] [--data-parallel] [--no-plot]
     bnref mnist plot DIR [DIR...] [--out OUT]
     bnref mnist bench [ARGS...]     (see ``bnref mnist bench --help``)
 """
@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(the seed post's choice)  [running]")
     p.add_argument("--init", choices=sorted(INITS), help="weight initializer (default: the preset's)")
     p.add_argument("--lr", type=float, help="SGD learning rate (default: the preset's)")
+    p.add_argument("--eval-every", type=int, metavar="STEPS",
+                   help="evaluate every STEPS steps (default: the preset's; seed: once per epoch)")
     p.add_argument("--threads", type=int,
                    help="threads for bnref's Numba kernels and (with threadpoolctl installed) BLAS; "
                         "1 is fastest on a machine shared with other work  [library defaults]")
@@ -60,8 +62,8 @@ def _positive(parser, name, value):
 def _train(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    for name in ("epochs", "steps", "limit", "threads"):
-        _positive(parser, f"--{name}", getattr(args, name))
+    for name in ("epochs", "steps", "limit", "threads", "eval_every"):
+        _positive(parser, f"--{name.replace('_', '-')}", getattr(args, name))
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0; got {args.lr}")
 
@@ -71,7 +73,8 @@ def _train(argv: list[str]) -> int:
     if args.threads is not None:
         limit_threads(args.threads)
     preset = PRESETS[args.preset].with_schedule(epochs=args.epochs, steps=args.steps)
-    preset = replace(preset, init=args.init or preset.init, lr=args.lr or preset.lr)
+    preset = replace(preset, init=args.init or preset.init, lr=args.lr or preset.lr,
+                     eval_every=args.eval_every or preset.eval_every)
     bn_modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.bn]
     out = Path(args.out or Path("mnist-out") / args.preset)
     comm = None
