@@ -48,3 +48,11 @@ def test_sync_batch_norm_on_one_shard_is_batch_norm():
     for a, b in zip(synced.grads + [synced.running_mean, synced.running_var],
                     plain.grads + [plain.running_mean, plain.running_var]):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_cli_rejects_a_bad_eval_every(capsys):
+    from bnref.mnist import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--eval-every", "0"])
+    assert "--eval-every must be >= 1" in capsys.readouterr().err
