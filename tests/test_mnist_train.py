@@ -59,7 +59,7 @@ def test_seed_preset_is_the_post():
     assert [lin.weight.shape for lin in linears] == [(784, 784)] * 10 + [(784, 10)]
     assert all(lin.bias is None for lin in linears[:-1])  # BN's beta replaces the bias
     preset = PRESETS["seed"]
-    assert (preset.lr, preset.batch_size, preset.init, preset.epochs) == (0.01, 100, "glorot", 10)
+    assert (preset.lr, preset.batch_size, preset.init, preset.epochs) == (0.01, 100, "torch", 10)
     no_bn = train.build_network(preset, bn=False, rng=np.random.default_rng(0))
     assert BatchNorm not in {type(layer) for layer in no_bn.layers}
     np.testing.assert_array_equal(no_bn.layers[0].weight, linears[0].weight)  # same seed, same weights

@@ -2,7 +2,8 @@
 
 ``seed`` -- the original post: 784 -> 10 x [FC 784 -> (BN) -> tanh -> dropout] -> FC 10, dropout 0.1
 after the first hidden layer and 0.5 after the others, plain SGD lr 0.01, batch 100, NLL,
-Glorot-uniform weights; 10 epochs.
+PyTorch's default weights U(+-1/sqrt(fan_in)) (the post's Theano-tutorial Glorot-uniform is
+``init="glorot"``: with it BN learns ~3x more slowly, see docs/mnist.md); 10 epochs.
 
 ``paper`` -- Ioffe & Szegedy (2015), Figure 1: 784 -> 3 x [FC 100 -> (BN) -> sigmoid] -> FC 10, batch 60,
 50 000 steps of plain SGD; records the test accuracy and the 15th/50th/85th percentiles of the input to
@@ -63,7 +64,7 @@ class Preset:
 
 PRESETS = {
     "seed": Preset(name="seed", hidden=(784,) * 10, activation="tanh", dropout=(0.1,) + (0.5,) * 9,
-                   lr=0.01, batch_size=100, init="glorot", epochs=10),
+                   lr=0.01, batch_size=100, init="torch", epochs=10),
     # The paper gives no learning rate or scale for its "small random Gaussian" weights; N(0, 1)
     # weights and lr 0.5 make the sigmoid inputs drift as in its Fig. 1(b) without BN.
     "paper": Preset(name="paper", hidden=(100,) * 3, activation="sigmoid", dropout=(0.0,) * 3,
