@@ -62,9 +62,14 @@ class _Prepared:
 
         return result, result3, finish
 
-    def sums(self, mean, invstd, dy3, ddx3):
+    def sums(self, mean, invstd, dy3, ddx3=None):
+        """(C, 5) float64: sum dy, sum dy*xhat, sum ddx, sum ddx*xhat, sum ddx*dy (see channel_sums)."""
         nchunks, rows = _kernels.chunking(self.x3.shape[0])
-        return _kernels.channel_sums(self.x3, mean, invstd, dy3, ddx3, rows, nchunks)
+        sums = _kernels.channel_sums(self.x3, mean, dy3, ddx3, rows, nchunks)
+        # the kernel sums v*(x - mean); xhat = (x - mean)*invstd, so scale once per channel
+        sums[:, 1] *= invstd
+        sums[:, 3] *= invstd
+        return sums
 
 
 def _invstd(var: np.ndarray, eps: float) -> np.ndarray:
@@ -80,13 +85,9 @@ def _nonnegative(name: str, var: np.ndarray) -> np.ndarray:
 def _moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel biased mean and variance of x in float64, stable for large offsets."""
     x3 = prep.x3
-    a, c, b = x3.shape
     shift = x3[0, :, 0].astype(np.float64)  # a sample of each channel
-    nchunks, rows = _kernels.chunking(a)
-    rows_per_block = max(1, _kernels.BLOCK_ELEMENTS // max(1, c * b))
-    mean_shifted, m2 = _kernels.channel_moments(x3, shift, rows, nchunks, rows_per_block)
-    mean = shift + mean_shifted
-    var = m2 / prep.count
+    nchunks, rows = _kernels.chunking(x3.shape[0])
+    mean, var = _kernels.channel_moments(x3, shift, rows, nchunks)
     _checks.finite_stats("the batch mean or variance of x", mean + var, prep.axis)
     return mean, var
 
@@ -118,7 +119,7 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
     eps = _checks.eps_value(eps)
     mean, var = _moments(prep)
     y, y3, finish = prep.output(out)
-    _kernels.normalize_affine(prep.x3, mean, gamma * _invstd(var, eps), beta, y3)
+    _kernels.combine(prep.x3, mean, gamma * _invstd(var, eps), beta, y3)
     return finish(), mean, var
 
 
@@ -143,7 +144,7 @@ def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_ax
     running_var = _nonnegative("running_var", prep.vector("running_var", running_var, stats=True))
     eps = _checks.eps_value(eps)
     y, y3, finish = prep.output(out)
-    _kernels.normalize_affine(prep.x3, running_mean, gamma * _invstd(running_var, eps), beta, y3)
+    _kernels.combine(prep.x3, running_mean, gamma * _invstd(running_var, eps), beta, y3)
     return finish()
 
 
@@ -169,7 +170,7 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
     mean = prep.vector("mean", mean, stats=True)
     var = _nonnegative("var", prep.vector("var", var, stats=True))
     invstd = _invstd(var, _checks.eps_value(eps))
-    sums = prep.sums(mean, invstd, dy3, dy3)
+    sums = prep.sums(mean, invstd, dy3)
     _checks.finite_stats("sum(dy) or sum(dy * xhat)", sums[:, 0] + sums[:, 1], prep.axis)
     sum_dy, sum_dy_xhat = sums[:, 0], sums[:, 1]
     m = prep.count
@@ -179,7 +180,7 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
     k_xmu = -gamma_invstd * invstd * sum_dy_xhat / m     # term 3: xhat * sum(dy xhat)
     k_const = -gamma_invstd * sum_dy / m                 # term 2: sum(dy)
     dx, dx3, finish = prep.output(out)
-    _kernels.combine(prep.x3, mean, dy3, dy3, k_xmu, k_dy, np.zeros_like(k_dy), k_const, dx3)
+    _kernels.combine(prep.x3, mean, k_xmu, k_const, dx3, dy3, k_dy)
     dtype = prep.x.dtype
     return finish(), sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
 
@@ -198,10 +199,10 @@ def backward_eval(dy, x, gamma, running_mean, running_var, eps=1e-5, channel_axi
     running_mean = prep.vector("running_mean", running_mean, stats=True)
     running_var = _nonnegative("running_var", prep.vector("running_var", running_var, stats=True))
     invstd = _invstd(running_var, _checks.eps_value(eps))
-    sums = prep.sums(running_mean, invstd, dy3, dy3)
+    sums = prep.sums(running_mean, invstd, dy3)
     zeros = np.zeros_like(invstd)
     dx, dx3, finish = prep.output(out)
-    _kernels.combine(prep.x3, running_mean, dy3, dy3, zeros, gamma * invstd, zeros, zeros, dx3)
+    _kernels.combine(prep.x3, running_mean, zeros, zeros, dx3, dy3, gamma * invstd)
     dtype = prep.x.dtype
     return finish(), sums[:, 1].astype(dtype), sums[:, 0].astype(dtype)
 
@@ -247,9 +248,8 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     ggamma = s * (R - m * mean_dy * mean_ddx - P * Q / m)
     # gdy = g s ddx + (ddgamma s - g s^2 Q/m) (x - mean) + (ddbeta - g s M(ddx))
     gdy, gdy3, finish_gdy = prep.output(None)
-    zeros = np.zeros_like(s)
-    _kernels.combine(prep.x3, mean, ddx3, ddx3, ddgamma * s - g * s * s * Q / m, g * s, zeros,
-                     ddbeta - g * s * mean_ddx, gdy3)
+    _kernels.combine(prep.x3, mean, ddgamma * s - g * s * s * Q / m, ddbeta - g * s * mean_ddx, gdy3,
+                     ddx3, g * s)
     # gx, expanded in (x - mean), dy, ddx and a constant:
     c = g * s * s / m
     k_xmu = s * (c * (3 * P * Q / m - R + m * mean_dy * mean_ddx) - ddgamma * s * P / m)
@@ -257,7 +257,7 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     k_ddx = -c * P
     k_const = c * (Q * mean_dy + P * mean_ddx) - ddgamma * s * mean_dy
     gx, gx3, finish_gx = prep.output(None)
-    _kernels.combine(prep.x3, mean, dy3, ddx3, k_xmu, k_dy, k_ddx, k_const, gx3)
+    _kernels.combine(prep.x3, mean, k_xmu, k_const, gx3, dy3, k_dy, ddx3, k_ddx)
     return finish_gx(), ggamma.astype(prep.x.dtype), finish_gdy()
 
 
