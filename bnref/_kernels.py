@@ -27,7 +27,6 @@ the finiteness checks and each ``x - shift`` is rounded exactly as written.
 """
 from __future__ import annotations
 
-import functools
 import types
 
 import numpy as np
@@ -38,36 +37,35 @@ from numba import njit, prange
 BLOCK_ELEMENTS = 1 << 15
 #: the reduction over A is split into at most this many chunks, whatever the thread count
 MAX_CHUNKS = 16
-#: below this many elements a kernel runs on the calling thread: waking the pool costs more
-#: than it saves, and a busy machine can delay a parallel region by a whole time slice
+#: below this many elements a kernel runs single-threaded: waking threads costs more than the
+#: work, and on a loaded machine (pytest -n auto) parallel regions on tiny arrays stall badly
 PARALLEL_MIN_ELEMENTS = 1 << 17
 
 
 def _kernel(*, reassoc: bool = False):
-    """Compile one kernel source twice, serial and parallel, and pick one by ``x.size``.
+    """Compile a kernel with ``parallel=True`` and attach ``.serial``, its single-threaded twin.
 
-    Both compilations run the same loops over the same fixed chunks, so the choice (which
-    depends on the size only, never on the thread count) does not change the chunking.
-    ``reassoc`` allows reordering sums (see the module docstring). The serial copy gets its
-    own ``__qualname__`` so that Numba's on-disk cache keeps the two apart.
+    Both run the same loops over the same fixed chunks; :func:`pick` chooses by size only,
+    never by thread count. ``reassoc`` allows reordering sums (see the module docstring).
+    The twin gets its own qualified name so that Numba's on-disk cache keeps both.
     """
     options = dict(cache=True, nogil=True, fastmath={"reassoc"} if reassoc else False)
 
-    def wrap(fn):
-        serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
-                                       fn.__closure__)
-        serial_fn.__qualname__ = fn.__qualname__ + "_serial"
-        serial = njit(**options)(serial_fn)
-        parallel = njit(parallel=True, **options)(fn)
-
-        @functools.wraps(fn)
-        def dispatch(x, *args):
-            return (parallel if x.size >= PARALLEL_MIN_ELEMENTS else serial)(x, *args)
-
-        dispatch.serial, dispatch.parallel = serial, parallel
-        return dispatch
+    def wrap(py):
+        twin = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial", py.__defaults__,
+                                  py.__closure__)
+        twin.__qualname__ = py.__qualname__ + "_serial"
+        twin.__doc__ = py.__doc__
+        kernel = njit(parallel=True, **options)(py)
+        kernel.serial = njit(**options)(twin)
+        return kernel
 
     return wrap
+
+
+def pick(kernel, size: int):
+    """The parallel kernel for large inputs, its serial twin for small ones."""
+    return kernel if size >= PARALLEL_MIN_ELEMENTS else kernel.serial
 
 
 def chunking(a: int) -> tuple[int, int]:

@@ -62,10 +62,13 @@ class _Prepared:
 
         return result, result3, finish
 
+    def kernel(self, kernel):
+        return _kernels.pick(kernel, self.x.size)
+
     def sums(self, mean, invstd, dy3, ddx3=None):
         """(C, 5) float64: sum dy, sum dy*xhat, sum ddx, sum ddx*xhat, sum ddx*dy (see channel_sums)."""
         nchunks, rows = _kernels.chunking(self.x3.shape[0])
-        sums = _kernels.channel_sums(self.x3, mean, dy3, ddx3, rows, nchunks)
+        sums = self.kernel(_kernels.channel_sums)(self.x3, mean, dy3, ddx3, rows, nchunks)
         # the kernel sums v*(x - mean); xhat = (x - mean)*invstd, so scale once per channel
         sums[:, 1] *= invstd
         sums[:, 3] *= invstd
@@ -87,7 +90,7 @@ def _moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
     x3 = prep.x3
     shift = x3[0, :, 0].astype(np.float64)  # a sample of each channel
     nchunks, rows = _kernels.chunking(x3.shape[0])
-    mean, var = _kernels.channel_moments(x3, shift, rows, nchunks)
+    mean, var = prep.kernel(_kernels.channel_moments)(x3, shift, rows, nchunks)
     _checks.finite_stats("the batch mean or variance of x", mean + var, prep.axis)
     return mean, var
 
@@ -119,7 +122,7 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
     eps = _checks.eps_value(eps)
     mean, var = _moments(prep)
     y, y3, finish = prep.output(out)
-    _kernels.combine(prep.x3, mean, gamma * _invstd(var, eps), beta, y3)
+    prep.kernel(_kernels.combine)(prep.x3, mean, gamma * _invstd(var, eps), beta, y3)
     return finish(), mean, var
 
 
@@ -144,7 +147,7 @@ def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_ax
     running_var = _nonnegative("running_var", prep.vector("running_var", running_var, stats=True))
     eps = _checks.eps_value(eps)
     y, y3, finish = prep.output(out)
-    _kernels.combine(prep.x3, running_mean, gamma * _invstd(running_var, eps), beta, y3)
+    prep.kernel(_kernels.combine)(prep.x3, running_mean, gamma * _invstd(running_var, eps), beta, y3)
     return finish()
 
 
@@ -180,7 +183,7 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
     k_xmu = -gamma_invstd * invstd * sum_dy_xhat / m     # term 3: xhat * sum(dy xhat)
     k_const = -gamma_invstd * sum_dy / m                 # term 2: sum(dy)
     dx, dx3, finish = prep.output(out)
-    _kernels.combine(prep.x3, mean, k_xmu, k_const, dx3, dy3, k_dy)
+    prep.kernel(_kernels.combine)(prep.x3, mean, k_xmu, k_const, dx3, dy3, k_dy)
     dtype = prep.x.dtype
     return finish(), sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
 
@@ -202,7 +205,7 @@ def backward_eval(dy, x, gamma, running_mean, running_var, eps=1e-5, channel_axi
     sums = prep.sums(running_mean, invstd, dy3)
     zeros = np.zeros_like(invstd)
     dx, dx3, finish = prep.output(out)
-    _kernels.combine(prep.x3, running_mean, zeros, zeros, dx3, dy3, gamma * invstd)
+    prep.kernel(_kernels.combine)(prep.x3, running_mean, zeros, zeros, dx3, dy3, gamma * invstd)
     dtype = prep.x.dtype
     return finish(), sums[:, 1].astype(dtype), sums[:, 0].astype(dtype)
 
@@ -248,7 +251,7 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     ggamma = s * (R - m * mean_dy * mean_ddx - P * Q / m)
     # gdy = g s ddx + (ddgamma s - g s^2 Q/m) (x - mean) + (ddbeta - g s M(ddx))
     gdy, gdy3, finish_gdy = prep.output(None)
-    _kernels.combine(prep.x3, mean, ddgamma * s - g * s * s * Q / m, ddbeta - g * s * mean_ddx, gdy3,
+    prep.kernel(_kernels.combine)(prep.x3, mean, ddgamma * s - g * s * s * Q / m, ddbeta - g * s * mean_ddx, gdy3,
                      ddx3, g * s)
     # gx, expanded in (x - mean), dy, ddx and a constant:
     c = g * s * s / m
@@ -257,7 +260,7 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     k_ddx = -c * P
     k_const = c * (Q * mean_dy + P * mean_ddx) - ddgamma * s * mean_dy
     gx, gx3, finish_gx = prep.output(None)
-    _kernels.combine(prep.x3, mean, k_xmu, k_const, gx3, dy3, k_dy, ddx3, k_ddx)
+    prep.kernel(_kernels.combine)(prep.x3, mean, k_xmu, k_const, gx3, dy3, k_dy, ddx3, k_ddx)
     return finish_gx(), ggamma.astype(prep.x.dtype), finish_gdy()
 
 

@@ -46,11 +46,14 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1):
     return _forward(x, gamma, beta, eps, channel_axis)
 
 
-def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_axis=1):
-    """``y = gamma (x - running_mean) / sqrt(running_var + eps) + beta``, float64."""
-    x, gamma, beta, running_mean, running_var = _f64(x, gamma, beta, running_mean, running_var)
+def _eval(x, gamma, beta, running_mean, running_var, eps, channel_axis):
     bc = lambda v: _per_channel(v, x.ndim, channel_axis)  # noqa: E731
     return bc(gamma) * (x - bc(running_mean)) / anp.sqrt(bc(running_var) + eps) + bc(beta)
+
+
+def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_axis=1):
+    """``y = gamma (x - running_mean) / sqrt(running_var + eps) + beta``, float64."""
+    return _eval(*_f64(x, gamma, beta, running_mean, running_var), eps, channel_axis)
 
 
 def _y(x, gamma, beta, eps, channel_axis):
@@ -84,10 +87,10 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, beta, eps=1e-5, channel_
 
 def backward_eval(dy, x, gamma, beta, running_mean, running_var, eps=1e-5, channel_axis=1):
     """``(dx, dgamma, dbeta)``: the VJP of :func:`forward_eval` (statistics held constant)."""
-    dy, x, gamma, beta = _f64(dy, x, gamma, beta)
+    dy, x, gamma, beta, running_mean, running_var = _f64(dy, x, gamma, beta, running_mean, running_var)
 
     def f(x_, g_, b_):
-        return forward_eval(x_, g_, b_, running_mean, running_var, eps, channel_axis)
+        return _eval(x_, g_, b_, running_mean, running_var, eps, channel_axis)
 
     vjp, _ = make_vjp(f, argnum=(0, 1, 2))(x, gamma, beta)
     return vjp(dy)

@@ -1,0 +1,72 @@
+"""``bnref selfcheck``: the kernels against the autograd reference on a fixed set of cases.
+
+Prints one row per (shape, layout, dtype, condition) with the worst relative error
+of each output (error / scale of its terms, see :mod:`bnref.testing`) and exits
+non-zero if any exceeds its tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import bnref
+from bnref.strategies import make_case
+from bnref.testing import check_against_reference
+
+#: (shape, channel_axis, condition); every row runs in float32 and float64
+CASES = [
+    ((64, 10), 1, "well"),
+    ((8, 3, 5, 5), 1, "well"),
+    ((8, 5, 5, 3), -1, "well"),
+    ((4, 3, 4, 4, 2), 1, "well"),
+    ((6, 4, 7), 1, "eps_scale"),
+    ((2, 6), 1, "minimal"),
+    ((16, 4, 3, 3), 1, "constant"),
+    ((32, 6, 4, 4), 1, "offset"),   # mean 1e2..1e4, std 1e-2..1
+    ((256, 8), 1, "offset-1e4"),    # the acceptance row: mean 1e4, std 1e-2
+]
+
+COLUMNS = ("y", "dx", "dgamma", "dbeta", "gx", "ggamma", "gdy")
+
+
+def _case(shape, axis, condition, dtype, seed):
+    if condition == "offset-1e4":
+        import numpy as np
+
+        case = make_case(shape, dtype, axis, "well", seed)
+        rng = np.random.default_rng(seed)
+        case.x = (1e4 + 1e-2 * rng.standard_normal(shape)).astype(dtype)
+        case.condition = "offset-1e4"
+        return case
+    return make_case(shape, dtype, axis, condition, seed)
+
+
+def run(seed: int = 0, stream=sys.stdout) -> bool:
+    header = f"{'shape':<16} {'axis':>4} {'dtype':<8} {'condition':<11} " + " ".join(f"{c:>9}" for c in COLUMNS)
+    print("bnref selfcheck: worst |error| / scale of its terms for each output (see bnref.testing)", file=stream)
+    print(header, file=stream)
+    print("-" * len(header) + " result", file=stream)
+    all_ok = True
+    start = time.perf_counter()
+    for shape, axis, condition in CASES:
+        for dtype in ("float32", "float64"):
+            case = _case(shape, axis, condition, dtype, seed)
+            results = {c.quantity: c for c in check_against_reference(bnref, case, raise_on_failure=False)}
+            failed = [str(c) for c in results.values() if not c.ok]
+            cells = []
+            for col in COLUMNS:
+                c = results.get(col)
+                cells.append(f"{c.relative_error:9.1e}" if c else f"{'-':>9}")
+            all_ok &= not failed
+            print(f"{str(shape):<16} {axis:>4} {dtype:<8} {condition:<11} " + " ".join(cells)
+                  + ("  pass" if not failed else "  FAIL: " + "; ".join(failed)), file=stream)
+    print(f"{'all passed' if all_ok else 'FAILURES'} in {time.perf_counter() - start:.1f} s", file=stream)
+    return all_ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bnref selfcheck", description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0, help="seed for the inputs (default 0)")
+    args = parser.parse_args(argv)
+    return 0 if run(args.seed) else 1
