@@ -177,12 +177,12 @@ def channel_moments(x, shift, rows_per_chunk, nchunks):
 
 @_kernel(reassoc=True)
 def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
-    """Per-channel sums over (A, B), float64 (C, 5), with xmu = x - mean:
+    """Per-channel sums over (A, B), float64 (5, C), with xmu = x - mean:
 
-    column 0: sum dy        1: sum dy*xmu        2: sum ddx
-    column 3: sum ddx*xmu   4: sum ddx*dy
+    row 0: sum dy        1: sum dy*xmu        2: sum ddx
+    row 3: sum ddx*xmu   4: sum ddx*dy
 
-    ``ddx=None`` (the backward) compiles a version that computes columns 0-1 only and leaves
+    ``ddx=None`` (the backward) compiles a version that computes rows 0-1 only and leaves
     2-4 at zero (Numba prunes the ``ddx`` branches when its type is None). Sums use ``x - mean``,
     not ``xhat``: the caller multiplies by ``invstd`` once per channel.
     """
@@ -232,11 +232,9 @@ def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
             partial[k, 2, c] = s_ddx
             partial[k, 3, c] = s_ddx_xmu
             partial[k, 4, c] = s_ddx_dy
-    sums = np.zeros((C, 5))
+    sums = np.zeros((5, C))
     for k in range(nchunks):
-        for j in range(5):
-            for c in range(C):
-                sums[c, j] += partial[k, j, c]
+        sums += partial[k]
     return sums
 
 

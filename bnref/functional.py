@@ -66,12 +66,16 @@ class _Prepared:
         return _kernels.pick(kernel, self.x.size)
 
     def sums(self, mean, invstd, dy3, ddx3=None):
-        """(C, 5) float64: sum dy, sum dy*xhat, sum ddx, sum ddx*xhat, sum ddx*dy (see channel_sums)."""
+        """(5, C) float64 rows: sum dy, sum dy*xhat, sum ddx, sum ddx*xhat, sum ddx*dy.
+
+        Without ``ddx`` (the backward) only the first two rows are computed; the rest are 0.
+        """
         nchunks, rows = _kernels.chunking(self.x3.shape[0])
         sums = self.kernel(_kernels.channel_sums)(self.x3, mean, dy3, ddx3, rows, nchunks)
         # the kernel sums v*(x - mean); xhat = (x - mean)*invstd, so scale once per channel
-        sums[:, 1] *= invstd
-        sums[:, 3] *= invstd
+        sums[1] *= invstd
+        if ddx3 is not None:
+            sums[3] *= invstd
         return sums
 
 
@@ -174,8 +178,8 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
     var = _nonnegative("var", prep.vector("var", var, stats=True))
     invstd = _invstd(var, _checks.eps_value(eps))
     sums = prep.sums(mean, invstd, dy3)
-    _checks.finite_stats("sum(dy) or sum(dy * xhat)", sums[:, 0] + sums[:, 1], prep.axis)
-    sum_dy, sum_dy_xhat = sums[:, 0], sums[:, 1]
+    sum_dy, sum_dy_xhat = sums[0], sums[1]
+    _checks.finite_stats("sum(dy) or sum(dy * xhat)", sum_dy + sum_dy_xhat, prep.axis)
     m = prep.count
     gamma_invstd = gamma * invstd
     # dx = gamma*invstd*dy  -  gamma*invstd^2*sum(dy xhat)/m * (x - mean)  -  gamma*invstd*sum(dy)/m
@@ -207,7 +211,7 @@ def backward_eval(dy, x, gamma, running_mean, running_var, eps=1e-5, channel_axi
     dx, dx3, finish = prep.output(out)
     prep.kernel(_kernels.combine)(prep.x3, running_mean, zeros, zeros, dx3, dy3, gamma * invstd)
     dtype = prep.x.dtype
-    return finish(), sums[:, 1].astype(dtype), sums[:, 0].astype(dtype)
+    return finish(), sums[1].astype(dtype), sums[0].astype(dtype)
 
 
 def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, channel_axis=1):
@@ -244,9 +248,9 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     var = _nonnegative("var", prep.vector("var", var, stats=True))
     s = _invstd(var, _checks.eps_value(eps))
     sums = prep.sums(mean, s, dy3, ddx3)
-    _checks.finite_stats("the sums over dy and ddx", sums.sum(axis=1), prep.axis)
+    _checks.finite_stats("the sums over dy and ddx", sums.sum(axis=0), prep.axis)
     m = prep.count
-    mean_dy, P, mean_ddx, Q, R = sums[:, 0] / m, sums[:, 1], sums[:, 2] / m, sums[:, 3], sums[:, 4]
+    mean_dy, P, mean_ddx, Q, R = sums[0] / m, sums[1], sums[2] / m, sums[3], sums[4]
     g = gamma
     ggamma = s * (R - m * mean_dy * mean_ddx - P * Q / m)
     # gdy = g s ddx + (ddgamma s - g s^2 Q/m) (x - mean) + (ddbeta - g s M(ddx))
