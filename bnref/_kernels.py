@@ -75,6 +75,22 @@ def chunking(a: int) -> tuple[int, int]:
 
 
 @njit(cache=True, nogil=True)
+def _chunk_rows(k, rows_per_chunk, A):
+    """Rows ``[a_start, a_stop)`` of chunk ``k``."""
+    a_start = k * rows_per_chunk
+    return a_start, min(A, a_start + rows_per_chunk)
+
+
+@njit(cache=True, nogil=True)
+def _chunk_channel(kc, C, rows_per_chunk, A):
+    """Work item ``kc`` of the channels-first split into (chunk, channel) pairs: k, c, a_start, a_stop."""
+    k = kc // C
+    c = kc - k * C
+    a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
+    return k, c, a_start, a_stop
+
+
+@njit(cache=True, nogil=True)
 def _merge_weights(n, n_other):
     """The weights of :func:`_chan_merge` for sets of ``n`` and ``n_other`` values (once per block)."""
     w_other = n_other / (n + n_other)
@@ -107,8 +123,7 @@ def channel_moments(x, shift, rows_per_chunk, nchunks):
     if B == 1:
         rows_per_block = max(1, BLOCK_ELEMENTS // C)
         for k in prange(nchunks):
-            a_start = k * rows_per_chunk
-            a_stop = min(A, a_start + rows_per_chunk)
+            a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
             block_mean = np.empty(C)
             block_m2 = np.empty(C)
             n = 0.0
@@ -134,10 +149,7 @@ def channel_moments(x, shift, rows_per_chunk, nchunks):
     else:
         rows_per_block = max(1, BLOCK_ELEMENTS // B)
         for kc in prange(nchunks * C):
-            k = kc // C
-            c = kc - k * C
-            a_start = k * rows_per_chunk
-            a_stop = min(A, a_start + rows_per_chunk)
+            k, c, a_start, a_stop = _chunk_channel(kc, C, rows_per_chunk, A)
             shift_c = shift[c]
             n = 0.0
             mean = 0.0
@@ -190,8 +202,7 @@ def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
     partial = np.zeros((nchunks, 5, C))
     if B == 1:
         for k in prange(nchunks):
-            a_start = k * rows_per_chunk
-            a_stop = min(A, a_start + rows_per_chunk)
+            a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
             acc = partial[k]
             for a in range(a_start, a_stop):
                 for c in range(C):
@@ -206,10 +217,7 @@ def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
                         acc[4, c] += ddx_v * dy_v
     else:
         for kc in prange(nchunks * C):
-            k = kc // C
-            c = kc - k * C
-            a_start = k * rows_per_chunk
-            a_stop = min(A, a_start + rows_per_chunk)
+            k, c, a_start, a_stop = _chunk_channel(kc, C, rows_per_chunk, A)
             mean_c = mean[c]
             s_dy = 0.0
             s_dy_xmu = 0.0

@@ -84,7 +84,7 @@ def _invstd(var: np.ndarray, eps: float) -> np.ndarray:
 
 
 def _nonnegative(name: str, var: np.ndarray) -> np.ndarray:
-    if np.any(var < 0):
+    if (var < 0).any():
         raise ValueError(f"{name} must be >= 0 in every channel; got min {var.min()!r}")
     return var
 
