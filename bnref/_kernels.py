@@ -37,6 +37,8 @@ from numba import njit, prange
 BLOCK_ELEMENTS = 1 << 15
 #: the reduction over A is split into at most this many chunks, whatever the thread count
 MAX_CHUNKS = 16
+#: ... each of at least this many elements (unless there is only one)
+CHUNK_MIN_ELEMENTS = 1 << 15
 #: below this many elements a kernel runs single-threaded: waking threads costs more than the
 #: work, and on a loaded machine (pytest -n auto) parallel regions on tiny arrays stall badly
 PARALLEL_MIN_ELEMENTS = 1 << 17
@@ -68,9 +70,13 @@ def pick(kernel, size: int):
     return kernel if size >= PARALLEL_MIN_ELEMENTS else kernel.serial
 
 
-def chunking(a: int) -> tuple[int, int]:
-    """(number of chunks, rows per chunk) for a reduction over ``a`` rows."""
-    nchunks = max(1, min(a, MAX_CHUNKS))
+def chunking(a: int, size: int) -> tuple[int, int]:
+    """(number of chunks, rows per chunk) for a reduction over the ``a`` rows of ``size`` elements.
+
+    Depends on the shape only (never on the thread count): at most :data:`MAX_CHUNKS`, and
+    no chunk under :data:`CHUNK_MIN_ELEMENTS`, so small inputs skip partials they do not need.
+    """
+    nchunks = max(1, min(a, MAX_CHUNKS, size // CHUNK_MIN_ELEMENTS))
     return nchunks, -(-a // nchunks) if a else 0
 
 
@@ -199,7 +205,7 @@ def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
     not ``xhat``: the caller multiplies by ``invstd`` once per channel.
     """
     A, C, B = x.shape
-    partial = np.zeros((nchunks, 5, C))
+    partial = np.zeros((nchunks, 2 if ddx is None else 5, C))
     if B == 1:
         for k in prange(nchunks):
             a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
@@ -237,12 +243,13 @@ def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
                         s_ddx_dy += ddx_v * dy_v
             partial[k, 0, c] = s_dy
             partial[k, 1, c] = s_dy_xmu
-            partial[k, 2, c] = s_ddx
-            partial[k, 3, c] = s_ddx_xmu
-            partial[k, 4, c] = s_ddx_dy
+            if ddx is not None:
+                partial[k, 2, c] = s_ddx
+                partial[k, 3, c] = s_ddx_xmu
+                partial[k, 4, c] = s_ddx_dy
     sums = np.zeros((5, C))
     for k in range(nchunks):
-        sums += partial[k]
+        sums[: partial.shape[1]] += partial[k]
     return sums
 
 

@@ -334,6 +334,26 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(rows: list[Row]) -> str:
+    """One Markdown table per (dtype, threads): ms, GB/s and speed-up over torch for every impl."""
+    out = []
+    for dtype in dict.fromkeys(r.dtype for r in rows):
+        for threads in sorted({r.threads for r in rows}):
+            sel = [r for r in rows if r.dtype == dtype and r.threads == threads]
+            if not sel:
+                continue
+            out += [f"**{dtype}, {threads} thread(s)**", "",
+                    "| case | op | impl | ms | GB/s | % ceiling | vs torch | extra MB | ceiling GB/s | copy GB/s |",
+                    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in sel:
+                vs = "" if r.vs_torch is None else f"{r.vs_torch:.2f}x"
+                extra = "" if r.extra_bytes is None else f"{r.extra_bytes / 1e6:.2f}"
+                out.append(f"| {r.case} | {r.op} | {r.impl} | {r.ms:.3f} | {r.gbps:.1f} | "
+                           f"{100 * r.frac_ceiling:.0f}% | {vs} | {extra} | {r.ceiling_gbps:.1f} | {r.copy_gbps:.1f} |")
+            out.append("")
+    return "\n".join(out)
+
+
 def acceptance(rows: list[Row], threads: int) -> list[str]:
     """Issue 6's criteria at ``threads``: >= 1.2x torch (float32, fresh outputs) and >= 60% of the
     ceiling with out= on the large 4-D shapes."""
@@ -396,17 +416,26 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="bnref bench", description=__doc__.splitlines()[0].strip("`"))
     parser.add_argument("--json", metavar="FILE", help="save the table, machine and cold start as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="save the table as Markdown (for the docs)")
     parser.add_argument("--plot", metavar="PNG", help="save a bar chart (needs matplotlib)")
     parser.add_argument("--quick", action="store_true", help="a fast subset: 3 shapes, float32, 3 repeats")
     parser.add_argument("--threads", type=_int_list, default=None,
                         help=f"comma-separated thread counts (default 1,{numba.config.NUMBA_NUM_THREADS})")
     parser.add_argument("--dtypes", default=None, help="comma-separated, default float32,float64")
     parser.add_argument("--repeats", type=int, default=None, help="timed samples per measurement (default 7)")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="measure nothing: re-render a saved --json run (table, --markdown, --plot)")
+    parser.add_argument("--only", metavar="TEXT,...",
+                        help="keep only cases whose label contains one of these, e.g. '56x56 NHWC,100x784'")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc peak-memory pass")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess")
     args = parser.parse_args(argv)
 
+    if args.from_json:
+        with open(args.from_json) as fh:
+            saved = json.load(fh)
+        return _report([Row(**r) for r in saved["rows"]], saved.get("cold_start"), args)
     max_threads = numba.config.NUMBA_NUM_THREADS
     threads = args.threads or sorted({1, max_threads})
     if max(threads) > max_threads:
@@ -418,23 +447,22 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (3 if args.quick else 7)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     cases = [Case(shape, layout, dtype) for dtype in dtypes for shape, layout in shapes]
+    if args.only:
+        labels = list(dict.fromkeys(c.label for c in cases))
+        cases = [c for c in cases if any(part in c.label for part in args.only.split(","))]
+        if not cases:
+            parser.error(f"--only {args.only!r} matches none of {labels}")
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = os.getloadavg()[0]
     print(f"bnref bench: {len(cases)} cases x threads {threads}, {repeats} repeats, "
           f"load average {load:.2f} on {os.cpu_count()} CPUs", file=sys.stderr)
     rows = run(cases, threads, repeats, not args.no_torch, not args.no_memory)
-    print(format_table(rows))
-    print()
-    print(f"acceptance (issue 6) at {max(threads)} thread(s):")
-    print("\n".join(acceptance(rows, max(threads))))
     cold = None if args.no_cold_start else cold_start()
-    if cold:
-        print(f"\ncold start (warm on-disk cache): import bnref {cold['import_s']:.2f} s, first "
-              f"forward_train + backward {cold['first_call_s']:.2f} s, whole process {cold['process_s']:.2f} s")
     if args.json:
         meta = dict(python=platform.python_version(), numpy=np.__version__, numba=numba.__version__,
-                    bnref=bnref.__version__, machine=platform.machine(), processor=platform.processor(),
-                    cpus=os.cpu_count(), load_average_start=load, repeats=repeats,
+                    bnref=bnref.__version__, machine=platform.machine(), processor=_cpu_name(),
+                    cpus=os.cpu_count(), load_average_start=load, load_average_end=os.getloadavg()[0],
+                    repeats=repeats,
                     threading_layer=numba.threading_layer())
         try:
             import torch
@@ -444,8 +472,31 @@ def main(argv: list[str] | None = None) -> int:
             pass
         with open(args.json, "w") as fh:
             json.dump(dict(meta=meta, rows=[asdict(r) for r in rows], cold_start=cold), fh, indent=1)
+    return _report(rows, cold, args)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
+
+
+def _report(rows: list[Row], cold: dict | None, args) -> int:
+    threads = max(r.threads for r in rows)
+    print(format_table(rows))
+    print()
+    print(f"acceptance (issue 6) at {threads} thread(s):")
+    print("\n".join(acceptance(rows, threads)))
+    if cold:
+        print(f"\ncold start (warm on-disk cache): import bnref {cold['import_s']:.2f} s, first "
+              f"forward_train + backward {cold['first_call_s']:.2f} s, whole process {cold['process_s']:.2f} s")
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(markdown_table(rows))
     if args.plot:
-        plot(rows, args.plot, max(threads))
+        plot(rows, args.plot, threads)
     return 0
 
 

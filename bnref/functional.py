@@ -70,7 +70,7 @@ class _Prepared:
 
         Without ``ddx`` (the backward) only the first two rows are computed; the rest are 0.
         """
-        nchunks, rows = _kernels.chunking(self.x3.shape[0])
+        nchunks, rows = _kernels.chunking(self.x3.shape[0], self.x3.size)
         sums = self.kernel(_kernels.channel_sums)(self.x3, mean, dy3, ddx3, rows, nchunks)
         # the kernel sums v*(x - mean); xhat = (x - mean)*invstd, so scale once per channel
         sums[1] *= invstd
@@ -93,7 +93,7 @@ def _moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel biased mean and variance of x in float64, stable for large offsets."""
     x3 = prep.x3
     shift = x3[0, :, 0].astype(np.float64)  # a sample of each channel
-    nchunks, rows = _kernels.chunking(x3.shape[0])
+    nchunks, rows = _kernels.chunking(x3.shape[0], x3.size)
     mean, var = prep.kernel(_kernels.channel_moments)(x3, shift, rows, nchunks)
     _checks.finite_stats("the batch mean or variance of x", mean + var, prep.axis)
     return mean, var
