@@ -118,9 +118,10 @@ def channel_moments(x, shift, rows_per_chunk, nchunks):
     """Per-channel mean and biased variance of ``x`` (A, C, B), both float64 (C,).
 
     ``shift`` (C,) is a sample of each channel; the sums run over ``x - shift``. Each block of
-    rows is summed, then its M2 about its own mean is taken while the block is still in cache, and blocks are merged with
-    Chan, Golub & LeVeque's pairwise update -- a one-pass, two-pass-accurate scheme.
-    Shifting by a sample of the channel makes a constant channel give exactly its value and 0.
+    rows is summed, then its M2 about its own mean is taken while the block is still in cache,
+    and blocks are merged with Chan, Golub & LeVeque's pairwise update -- a one-pass,
+    two-pass-accurate scheme. Shifting by a sample of the channel makes a constant channel give
+    exactly its value and 0.
     """
     A, C, B = x.shape
     chunk_count = np.zeros(nchunks)

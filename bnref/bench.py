@@ -16,8 +16,9 @@ and, at the same size and thread count, the machine's limits:
 * ``copy`` -- ``numpy.copyto`` of a same-size buffer (memcpy, one thread).
 
 Effective bandwidth uses the minimal-traffic model: a fused training forward must read x and
-write y (2|x| bytes), forward+backward at least 5|x| (x, y; x, dy, dx). Each row reports median
-ms, GB/s under that model, the fraction of the ceiling, the speed-up over torch
+write y (2|x| bytes), forward+backward at least 5|x| (x, y; x, dy, dx). All calls of a case,
+the limits included, are sampled round-robin, so a change of load hits them alike. Each row
+reports median (and min) ms, GB/s under that model, the fraction of the ceiling, the speed-up over torch
 (``torch_ms / ms``) and the peak extra memory of one call beyond the arrays it returns.
 A cold-start time (a fresh interpreter importing bnref and making its first calls, with
 Numba's on-disk cache warm) is measured in a subprocess.
@@ -106,20 +107,27 @@ def _stream_affine(x, a, b, y):
 
 # ---------------------------------------------------------------- timing
 
-def median_ms(fn, repeats: int, min_sample_s: float = 2e-3) -> float:
-    """Median over ``repeats`` samples of one call's time in ms; short calls are batched per sample."""
-    fn()  # warm-up: compilation, first-touch of reused buffers
-    start = time.perf_counter()
-    fn()
-    once = time.perf_counter() - start
-    number = max(1, int(min_sample_s / max(once, 1e-9)))
-    samples = []
-    for _ in range(repeats):
+def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3) -> dict:
+    """Per key: (median, min) over ``repeats`` samples of one call's time in ms.
+
+    The calls are sampled round-robin (one sample of each, ``repeats`` times), so a change in the
+    machine's load while the case runs hits every implementation and the ceiling alike. Short
+    calls are batched so that a sample lasts at least ``min_sample_s``.
+    """
+    number = {}
+    for key, fn in calls.items():
+        fn()  # warm-up: compilation, first touch of reused buffers
         start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - start) / number)
-    return float(np.median(samples)) * 1e3
+        fn()
+        number[key] = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-9)))
+    samples: dict = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            start = time.perf_counter()
+            for _ in range(number[key]):
+                fn()
+            samples[key].append((time.perf_counter() - start) / number[key] * 1e3)
+    return {key: (float(np.median(v)), float(np.min(v))) for key, v in samples.items()}
 
 
 def peak_extra_bytes(fn) -> int:
@@ -215,13 +223,15 @@ class Row:
     threads: int
     impl: str
     op: str
-    ms: float
+    ms: float  # median
+    ms_min: float
     gbps: float
     frac_ceiling: float
     vs_torch: float | None
     extra_bytes: int | None
     ceiling_gbps: float
     copy_gbps: float
+    load: float = float("nan")  # 1-minute load average when the case finished (other processes)
 
 
 def set_threads(n: int, torch=None):
@@ -238,15 +248,14 @@ def set_threads(n: int, torch=None):
     return threadpool_limits(limits=n)
 
 
-def measure_limits(nbytes: int, dtype, repeats: int) -> tuple[float, float]:
-    """(ceiling GB/s, copy GB/s) for buffers of ``nbytes``, both counting read + write."""
+def limit_calls(nbytes: int, dtype) -> dict:
+    """The machine's limits at this size: the streaming ceiling and memcpy (see the module docstring)."""
     n = nbytes // np.dtype(dtype).itemsize
     src = np.random.default_rng(1).standard_normal(n).astype(dtype)
     dst = np.empty_like(src)
     a, b = np.dtype(dtype).type(1.5), np.dtype(dtype).type(0.25)
-    ceiling_ms = median_ms(lambda: _stream_affine(src, a, b, dst), repeats)
-    copy_ms = median_ms(lambda: np.copyto(dst, src), repeats)
-    return 2 * nbytes / ceiling_ms / 1e6, 2 * nbytes / copy_ms / 1e6
+    return {("ceiling", "stream"): lambda: _stream_affine(src, a, b, dst),
+            ("copy", "copy"): lambda: np.copyto(dst, src)}
 
 
 def cold_start(repeats: int = 3) -> dict:
@@ -302,35 +311,35 @@ def run(cases: list[Case], threads: list[int], repeats: int, use_torch: bool, me
 def _run_case(case: Case, n_threads: int, repeats: int, torch, memory: bool) -> list[Row]:
     inp = make_inputs(case)
     nbytes = inp["x"].nbytes
-    ceiling, copy = measure_limits(nbytes, case.dtype, repeats)
     calls = {**bnref_calls(inp), **numpy_calls(inp)}
     if torch is not None:
         calls.update(torch_calls(torch, inp))
-    times = {key: median_ms(fn, repeats) for key, fn in calls.items()}
+    times = sample_ms({**calls, **limit_calls(nbytes, case.dtype)}, repeats)
+    # both limits count one read and one write of |x|
+    ceiling = 2 * nbytes / times.pop(("ceiling", "stream"))[0] / 1e6
+    copy = 2 * nbytes / times.pop(("copy", "copy"))[0] / 1e6
     rows = []
-    for (impl, op), ms in times.items():
+    for (impl, op), (ms, ms_min) in times.items():
         gbps = TRAFFIC[op] * nbytes / ms / 1e6
-        torch_ms = times.get(("torch", op))
-        extra = None
-        if memory and impl != "torch":
-            extra = peak_extra_bytes(calls[(impl, op)])
-        rows.append(Row(case.label, case.dtype, n_threads, impl, op, ms, gbps, gbps / ceiling,
-                        None if torch_ms is None else torch_ms / ms, extra, ceiling, copy))
+        torch_ms = times.get(("torch", op), (None,))[0]
+        extra = peak_extra_bytes(calls[(impl, op)]) if memory and impl != "torch" else None
+        rows.append(Row(case.label, case.dtype, n_threads, impl, op, ms, ms_min, gbps, gbps / ceiling,
+                        None if torch_ms is None else torch_ms / ms, extra, ceiling, copy, os.getloadavg()[0]))
     return rows
 
 
 # ---------------------------------------------------------------- reporting
 
 def format_table(rows: list[Row]) -> str:
-    head = (f"{'case':<20} {'dtype':<7} {'thr':>3} {'impl':<10} {'op':<7} {'ms':>9} {'GB/s':>6} "
-            f"{'%ceil':>6} {'vs torch':>8} {'extra MB':>9} {'ceil GB/s':>9} {'copy GB/s':>9}")
+    head = (f"{'case':<20} {'dtype':<7} {'thr':>3} {'impl':<10} {'op':<7} {'ms':>9} {'min ms':>9} {'GB/s':>6} "
+            f"{'%ceil':>6} {'vs torch':>8} {'extra MB':>9} {'ceil GB/s':>9} {'copy GB/s':>9} {'load':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
         vs = "" if r.vs_torch is None else f"{r.vs_torch:.2f}x"
         extra = "" if r.extra_bytes is None else f"{r.extra_bytes / 1e6:.2f}"
-        lines.append(f"{r.case:<20} {r.dtype:<7} {r.threads:>3} {r.impl:<10} {r.op:<7} {r.ms:>9.3f} "
+        lines.append(f"{r.case:<20} {r.dtype:<7} {r.threads:>3} {r.impl:<10} {r.op:<7} {r.ms:>9.3f} {r.ms_min:>9.3f} "
                      f"{r.gbps:>6.1f} {100 * r.frac_ceiling:>5.0f}% {vs:>8} {extra:>9} "
-                     f"{r.ceiling_gbps:>9.1f} {r.copy_gbps:>9.1f}")
+                     f"{r.ceiling_gbps:>9.1f} {r.copy_gbps:>9.1f} {r.load:>5.1f}")
     return "\n".join(lines)
 
 
@@ -343,13 +352,15 @@ def markdown_table(rows: list[Row]) -> str:
             if not sel:
                 continue
             out += [f"**{dtype}, {threads} thread(s)**", "",
-                    "| case | op | impl | ms | GB/s | % ceiling | vs torch | extra MB | ceiling GB/s | copy GB/s |",
-                    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                    "| case | op | impl | median ms | min ms | GB/s | % ceiling | vs torch | extra MB | ceiling GB/s "
+                    "| copy GB/s | load |",
+                    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for r in sel:
                 vs = "" if r.vs_torch is None else f"{r.vs_torch:.2f}x"
                 extra = "" if r.extra_bytes is None else f"{r.extra_bytes / 1e6:.2f}"
-                out.append(f"| {r.case} | {r.op} | {r.impl} | {r.ms:.3f} | {r.gbps:.1f} | "
-                           f"{100 * r.frac_ceiling:.0f}% | {vs} | {extra} | {r.ceiling_gbps:.1f} | {r.copy_gbps:.1f} |")
+                out.append(f"| {r.case} | {r.op} | {r.impl} | {r.ms:.3f} | {r.ms_min:.3f} | {r.gbps:.1f} | "
+                           f"{100 * r.frac_ceiling:.0f}% | {vs} | {extra} | {r.ceiling_gbps:.1f} | "
+                           f"{r.copy_gbps:.1f} | {r.load:.1f} |")
             out.append("")
     return "\n".join(out)
 

@@ -66,7 +66,7 @@ def test_bnref_allocates_its_outputs_plus_O_of_C(layout):
 
 def test_acceptance_flags_misses():
     def row(impl, op, vs, frac, case="64x64x56x56 NCHW"):
-        return bench.Row(case, "float32", 2, impl, op, 1.0, 10.0, frac, vs, 0, 20.0, 30.0)
+        return bench.Row(case, "float32", 2, impl, op, 1.0, 0.9, 10.0, frac, vs, 0, 20.0, 30.0)
 
     lines = bench.acceptance([row("bnref", "fwd", 1.5, 0.4), row("bnref", "fwd+bwd", 1.1, 0.4),
                               row("bnref out=", "fwd+bwd", 1.5, 0.7), row("bnref out=", "fwd", 1.5, 0.5)], 2)
