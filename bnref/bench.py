@@ -348,6 +348,28 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def markdown_summary(rows: list[Row], threads: int, dtype: str = "float32") -> str:
+    """The acceptance view: per case, bnref vs torch (fresh outputs) and out= against the ceiling."""
+    sel = {(r.case, r.impl, r.op): r for r in rows if r.threads == threads and r.dtype == dtype}
+    cases = list(dict.fromkeys(case for case, _, _ in sel))
+    out = [f"| case ({dtype}, {threads} thread(s)) | fwd ms bnref / torch | fwd vs torch | fwd+bwd ms bnref / torch "
+           "| fwd+bwd vs torch | out= fwd % ceiling | out= fwd+bwd % ceiling | ceiling GB/s | load |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for case in cases:
+        cells = [case]
+        for op in ("fwd", "fwd+bwd"):
+            mine, theirs = sel.get((case, "bnref", op)), sel.get((case, "torch", op))
+            cells.append(f"{mine.ms:.3f} / {theirs.ms:.3f}" if mine and theirs else "")
+            cells.append(f"{mine.vs_torch:.2f}x" if mine and mine.vs_torch is not None else "")
+        for op in ("fwd", "fwd+bwd"):
+            r = sel.get((case, "bnref out=", op))
+            cells.append(f"{100 * r.frac_ceiling:.0f}%" if r else "")
+        any_row = sel[next(key for key in sel if key[0] == case)]
+        cells += [f"{any_row.ceiling_gbps:.1f}", f"{any_row.load:.1f}"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def markdown_table(rows: list[Row]) -> str:
     """One Markdown table per (dtype, threads): ms, GB/s and speed-up over torch for every impl."""
     out = []
@@ -512,7 +534,7 @@ def _report(rows: list[Row], cold: dict | None, args) -> int:
               f"forward_train + backward {cold['first_call_s']:.2f} s, whole process {cold['process_s']:.2f} s")
     if args.markdown:
         with open(args.markdown, "w") as fh:
-            fh.write(markdown_table(rows))
+            fh.write(markdown_summary(rows, threads) + "\n" + markdown_table(rows))
     if args.plot:
         plot(rows, args.plot, threads)
     return 0
