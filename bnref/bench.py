@@ -238,6 +238,12 @@ class Row:
     copy_gbps: float
     load: float = float("nan")  # 1-minute load average when the case finished (other processes)
 
+    def cells(self) -> tuple[str, str, str]:
+        """(vs torch, extra MB, % ceiling) as shown in the text and Markdown tables."""
+        return ("" if self.vs_torch is None else f"{self.vs_torch:.2f}x",
+                "" if self.extra_bytes is None else f"{self.extra_bytes / 1e6:.2f}",
+                f"{100 * self.frac_ceiling:.0f}%")
+
 
 def set_threads(n: int, torch=None):
     """Pin numba, torch and (if installed) threadpoolctl's pools to ``n`` threads; returns a limiter."""
@@ -340,10 +346,9 @@ def format_table(rows: list[Row]) -> str:
             f"{'%ceil':>6} {'vs torch':>8} {'extra MB':>9} {'ceil GB/s':>9} {'copy GB/s':>9} {'load':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        vs = "" if r.vs_torch is None else f"{r.vs_torch:.2f}x"
-        extra = "" if r.extra_bytes is None else f"{r.extra_bytes / 1e6:.2f}"
+        vs, extra, pct = r.cells()
         lines.append(f"{r.case:<20} {r.dtype:<7} {r.threads:>3} {r.impl:<10} {r.op:<7} {r.ms:>9.3f} {r.ms_min:>9.3f} "
-                     f"{r.gbps:>6.1f} {100 * r.frac_ceiling:>5.0f}% {vs:>8} {extra:>9} "
+                     f"{r.gbps:>6.1f} {pct:>6} {vs:>8} {extra:>9} "
                      f"{r.ceiling_gbps:>9.1f} {r.copy_gbps:>9.1f} {r.load:>5.1f}")
     return "\n".join(lines)
 
@@ -383,10 +388,9 @@ def markdown_table(rows: list[Row]) -> str:
                     "| copy GB/s | load |",
                     "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for r in sel:
-                vs = "" if r.vs_torch is None else f"{r.vs_torch:.2f}x"
-                extra = "" if r.extra_bytes is None else f"{r.extra_bytes / 1e6:.2f}"
+                vs, extra, pct = r.cells()
                 out.append(f"| {r.case} | {r.op} | {r.impl} | {r.ms:.3f} | {r.ms_min:.3f} | {r.gbps:.1f} | "
-                           f"{100 * r.frac_ceiling:.0f}% | {vs} | {extra} | {r.ceiling_gbps:.1f} | "
+                           f"{pct} | {vs} | {extra} | {r.ceiling_gbps:.1f} | "
                            f"{r.copy_gbps:.1f} | {r.load:.1f} |")
             out.append("")
     return "\n".join(out)
