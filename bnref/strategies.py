@@ -25,7 +25,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 __all__ = ["CONDITIONS", "BNCase", "make_case", "dtypes", "channel_axes", "shapes", "epsilons",
-           "conditions", "seeds", "bn_cases"]
+           "conditions", "seeds", "gammas", "betas", "bn_cases"]
 
 CONDITIONS = ("well", "offset", "tiny_spread", "eps_scale", "constant", "minimal")
 
@@ -56,6 +56,22 @@ def seeds() -> st.SearchStrategy[int]:
 def epsilons() -> st.SearchStrategy[float]:
     """eps: the common defaults (1e-5 PyTorch/Flax, 1e-3 Keras, 2e-5 Chainer) or any value in [1e-6, 0.5]."""
     return st.one_of(st.sampled_from([1e-5, 1e-3, 2e-5, 0.1]), st.floats(1e-6, 0.5))
+
+
+def gammas(channels: int, dtype="float64", *, min_magnitude: float = 0.0, max_magnitude: float = 10.0):
+    """``(channels,)`` scales with |gamma| in [min_magnitude, max_magnitude], either sign; shrinks toward 0."""
+    from hypothesis.extra import numpy as hnp
+
+    magnitude = st.floats(min_magnitude, max_magnitude, width=np.dtype(dtype).itemsize * 8)
+    return hnp.arrays(np.dtype(dtype), (channels,), elements=st.one_of(magnitude, magnitude.map(lambda v: -v)))
+
+
+def betas(channels: int, dtype="float64", *, max_magnitude: float = 10.0):
+    """``(channels,)`` shifts in [-max_magnitude, max_magnitude]; shrinks toward 0."""
+    from hypothesis.extra import numpy as hnp
+
+    return hnp.arrays(np.dtype(dtype), (channels,),
+                      elements=st.floats(-max_magnitude, max_magnitude, width=np.dtype(dtype).itemsize * 8))
 
 
 @st.composite

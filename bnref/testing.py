@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TOLERANCES", "tolerance", "condition_number", "scales", "Comparison", "compare",
+__all__ = ["reduce_axes", "per_channel", "TOLERANCES", "tolerance", "condition_number", "scales", "Comparison", "compare",
            "assert_close", "check_against_reference", "load_hypothesis_profile", "hypothesis_settings",
            "unit_roundoff"]
 
@@ -66,8 +66,19 @@ def tolerance(quantity: str, dtype, *, kappa: float = 1.0, m: int = 2) -> float:
     return tol.a * unit_roundoff(dtype) + tol.b * unit_roundoff(np.float64) * max(1.0, kappa) * math.sqrt(max(m, 1))
 
 
-def _axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
+def reduce_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
+    """The axes statistics are taken over: every axis but ``channel_axis``."""
     return tuple(ax for ax in range(ndim) if ax != channel_axis % ndim)
+
+
+def per_channel(v, ndim: int, channel_axis: int) -> np.ndarray:
+    """Reshape a ``(C,)`` vector to broadcast along ``channel_axis`` of a rank-``ndim`` array."""
+    shape = [1] * ndim
+    shape[channel_axis % ndim] = -1
+    return np.reshape(v, shape)
+
+
+_axes = reduce_axes
 
 
 def condition_number(x, channel_axis: int = 1, eps: float = 1e-5) -> float:

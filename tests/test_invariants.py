@@ -5,17 +5,15 @@ from hypothesis import strategies as st
 
 import bnref
 from bnref.strategies import bn_cases
-from bnref.testing import assert_close, condition_number, scales, tolerance
+from bnref.testing import assert_close, condition_number, per_channel, reduce_axes, scales, tolerance
 
 
 def _axes(x, axis):
-    return tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    return reduce_axes(x.ndim, axis)
 
 
 def _per_channel(v, x, axis):
-    shape = [1] * x.ndim
-    shape[axis % x.ndim] = -1
-    return np.reshape(v, shape)
+    return per_channel(v, x.ndim, axis)
 
 
 def _kappa(case):

@@ -1,0 +1,29 @@
+"""Candidates for the oracle, one module per framework, each importing its framework lazily.
+
+``create(name)`` builds a registered adapter; ``ADAPTERS`` maps each name to
+``"module:factory"`` so that listing them imports nothing.
+"""
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["ADAPTERS", "create"]
+
+#: adapter name -> "module:factory" (the factory takes no arguments)
+ADAPTERS: dict[str, str] = {
+    "bnref": "bnref.adapters._bnref:BnrefCandidate",
+    "torch": "bnref.adapters._torch:TorchCandidate",
+    "torch-channels-last": "bnref.adapters._torch:TorchChannelsLastCandidate",
+    "flax": "bnref.adapters._flax:FlaxCandidate",
+    "flax-two-pass": "bnref.adapters._flax:FlaxTwoPassCandidate",
+    "keras": "bnref.adapters._keras:KerasCandidate",
+    "seed": "bnref.adapters._seed:SeedCandidate",
+}
+
+
+def create(name: str):
+    """A fresh candidate for the adapter ``name`` (ImportError if its framework is missing)."""
+    if name not in ADAPTERS:
+        raise KeyError(f"unknown adapter {name!r}; known: {', '.join(ADAPTERS)}")
+    module_name, factory = ADAPTERS[name].split(":")
+    return getattr(importlib.import_module(module_name), factory)()

@@ -1,0 +1,61 @@
+"""Shared gradient plumbing for the JAX-based adapters (Flax, Keras on JAX).
+
+A subclass sets ``self._jax``/``self._jnp`` and defines ``_y(x, gamma, beta, eps)``,
+the training-mode forward as a JAX function; this mixin derives ``forward_train``,
+``backward`` (``jax.vjp``) and ``double_backward`` (``jax.grad`` of the VJP pairing).
+Each is jitted once with eps as a traced argument: XLA compiles once per shape and
+dtype (op-by-op dispatch would compile every primitive for every new shape, several
+times slower on the oracle's many small shapes).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def enable_x64():
+    """Import JAX with 64-bit mode on, so that float64 inputs are not silently cast to float32."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+class JaxVjpMixin:
+    def _jit(self, name, fn):
+        cache = self.__dict__.setdefault("_jitted", {})
+        if name not in cache:
+            cache[name] = self._jax.jit(fn)
+        return cache[name]
+
+    def _arrays(self, *arrays):
+        return [self._jnp.asarray(np.array(a)) for a in arrays]
+
+    def _eps(self, eps, x):
+        return self._jnp.asarray(eps, dtype=x.dtype)
+
+    def forward_train(self, x, gamma, beta, eps):
+        x, gamma, beta = self._arrays(x, gamma, beta)
+        return np.array(self._jit("forward", self._y)(x, gamma, beta, self._eps(eps, x)))
+
+    def _backward(self, x, gamma, beta, eps, dy):
+        _, vjp = self._jax.vjp(lambda a, g, b: self._y(a, g, b, eps), x, gamma, beta)
+        return vjp(dy)
+
+    def backward(self, x, gamma, beta, eps, dy):
+        x, gamma, beta, dy = self._arrays(x, gamma, beta, dy)
+        grads = self._jit("backward", self._backward)(x, gamma, beta, self._eps(eps, x), dy)
+        return tuple(np.array(g) for g in grads)
+
+    def _double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
+        def pairing(x_, gamma_, dy_):
+            # <ddx, dx> + <ddgamma, dgamma> + <ddbeta, dbeta>: its gradient is the double backward
+            dx, dgamma, dbeta = self._backward(x_, gamma_, beta, eps, dy_)
+            return (dx * ddx).sum() + (dgamma * ddgamma).sum() + (dbeta * ddbeta).sum()
+
+        return self._jax.grad(pairing, argnums=(0, 1, 2))(x, gamma, dy)
+
+    def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
+        x, gamma, beta, dy, ddx, ddgamma, ddbeta = self._arrays(x, gamma, beta, dy, ddx, ddgamma, ddbeta)
+        grads = self._jit("double_backward", self._double_backward)(x, gamma, beta, self._eps(eps, x), dy, ddx,
+                                                                    ddgamma, ddbeta)
+        return tuple(np.array(g) for g in grads)

@@ -1,0 +1,423 @@
+r"""The properties the oracle checks, each a function of one drawn :class:`~bnref.strategies.BNCase`.
+
+A property body calls the candidate and returns a list of :class:`Outcome` (one per
+compared quantity); the runner in :mod:`bnref.oracle.check` draws the cases with
+Hypothesis and shrinks a failing one. Expected values come from
+:mod:`bnref.reference` (plain autograd in float64), never from bnref's kernels, so
+``bnref check bnref`` is a real check.
+
+Tolerances: the error model of :mod:`bnref.testing` with the candidate's own
+working precision. bnref accumulates in float64, so its float32 output is the exact
+value rounded (``a u32 + b u64 kappa sqrt(m)``); a candidate that computes in its
+input dtype loses ``u_in kappa`` in ``x - mean`` (``kappa = max|x| / sqrt(var + eps)``),
+so the oracle allows
+
+.. math:: \mathrm{tol} = \min\big(a_q\,u_{in} + b_q\,u_{in}\,\kappa\,\sqrt m,\ 0.1\big)
+
+which is the core table's tolerance for float64. On float32 data with a large
+offset (``condition="offset"``, kappa up to 1e6) a float32 computation cannot do
+better than ``u32 kappa`` ~ 0.06, so there only gross errors fail (non-finite, or
+more than :data:`GROSS` of the scale); the fingerprint reports the actual error.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from bnref import reference
+from bnref.strategies import CONDITIONS, BNCase
+from bnref.testing import (TOLERANCES, compare, condition_number, per_channel, reduce_axes, scales,
+                           unit_roundoff)
+
+__all__ = ["Outcome", "Property", "PROPERTIES", "CandidateError", "candidate_tolerance", "GROSS",
+           "property_named"]
+
+#: the relative error beyond which a result is wrong at any precision
+GROSS = 0.1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One compared quantity of one example: ``ratio`` = error / tolerance (<= 1 passes)."""
+
+    quantity: str
+    ok: bool
+    ratio: float
+    text: str
+
+    @classmethod
+    def of(cls, comparison) -> "Outcome":
+        tol = comparison.tolerance * comparison.scale
+        ratio = math.inf if comparison.nonfinite else (comparison.max_abs_error / tol if tol > 0 else math.inf)
+        return cls(comparison.quantity, comparison.ok, ratio, str(comparison))
+
+
+class CandidateError(Exception):
+    """The candidate raised (or returned something unusable) where it should have returned a result."""
+
+
+def candidate_tolerance(quantity: str, dtype, *, kappa: float, m: int, gross_only: bool = False) -> float:
+    """Relative tolerance for a candidate computing in ``dtype`` (see the module docstring)."""
+    if gross_only:
+        return GROSS
+    t, u = TOLERANCES[quantity], unit_roundoff(dtype)
+    return min(GROSS, t.a * u + t.b * u * max(1.0, kappa) * math.sqrt(max(m, 1)))
+
+
+class Context:
+    """What a property body needs besides the case: the candidate and its fingerprint."""
+
+    def __init__(self, candidate, fingerprint=None):
+        self.candidate = candidate
+        self.fingerprint = fingerprint
+
+    def call(self, method: str, *args):
+        """``candidate.method(*args)``; any exception becomes a :class:`CandidateError` naming the call."""
+        try:
+            return getattr(self.candidate, method)(*args)
+        except Exception as exc:  # the candidate's failure is the finding, whatever its type
+            raise CandidateError(f"{method} raised {type(exc).__name__}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- comparison helpers
+
+def _rng(case: BNCase, salt: int) -> np.random.Generator:
+    """Cotangents and running statistics derived from the case's seed, so a replay is exact."""
+    return np.random.default_rng([case.seed, salt])
+
+
+def _like(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _gross_only(case: BNCase) -> bool:
+    return case.x.dtype == np.float32 and case.condition == "offset"
+
+
+def _check(quantity: str, actual, expected, case: BNCase, scale: float, *, label: str | None = None,
+           kappa: float | None = None) -> Outcome:
+    """Compare one output of the candidate with its expected value, dtype and shape included."""
+    actual = np.asarray(actual)
+    label = label or quantity
+    if actual.dtype != case.x.dtype:
+        return Outcome(label, False, math.inf,
+                       f"{label}: returned dtype {actual.dtype}, expected {case.x.dtype} (the dtype of x)")
+    kappa = condition_number(case.x, case.channel_axis, case.eps) if kappa is None else kappa
+    result = compare(quantity, actual, expected, dtype=case.x.dtype, kappa=kappa, m=case.count, scale=scale)
+    tol = candidate_tolerance(quantity, case.x.dtype, kappa=kappa, m=case.count, gross_only=_gross_only(case))
+    return Outcome.of(replace(result, tolerance=tol, quantity=label))
+
+
+def _check_all(names, actuals, expecteds, case, scale: dict, prefix: str = "") -> list[Outcome]:
+    if not isinstance(actuals, (tuple, list)) or len(actuals) != len(names):
+        raise CandidateError(f"expected a tuple ({', '.join(names)}); got {type(actuals).__name__}")
+    return [_check(n, a, e, case, scale[n], label=prefix + n) for n, a, e in zip(names, actuals, expecteds)]
+
+
+def _cotangents(case: BNCase):
+    rng = _rng(case, 1)
+    x, gamma = case.x, case.gamma
+    return (_like(rng, x.shape, x.dtype), _like(rng, x.shape, x.dtype), _like(rng, gamma.shape, x.dtype),
+            _like(rng, gamma.shape, x.dtype))
+
+
+def _args(case: BNCase):
+    return case.x, case.gamma, case.beta, case.eps
+
+
+def _scales(case: BNCase, dy=None, ddx=None, ddgamma=None, ddbeta=None) -> dict:
+    return scales(case.x, case.gamma, case.beta, case.eps, case.channel_axis, dy, ddx, ddgamma, ddbeta)
+
+
+def _reduce_axes(case: BNCase) -> tuple[int, ...]:
+    return reduce_axes(case.x.ndim, case.channel_axis)
+
+
+def _per_channel(v, case: BNCase):
+    return per_channel(v, case.x.ndim, case.channel_axis)
+
+
+# --------------------------------------------------------------------------- agreement with the reference
+
+def forward(ctx: Context, case: BNCase) -> list[Outcome]:
+    """y = forward_train(x) agrees with the reference."""
+    y = ctx.call("forward_train", *_args(case))
+    y_ref = reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
+    return [_check("y", y, y_ref, case, _scales(case)["y"])]
+
+
+def backward(ctx: Context, case: BNCase) -> list[Outcome]:
+    """dx, dgamma, dbeta agree with the reference's VJP.
+
+    The cotangent dy is drawn from the case's seed; statistics are differentiated through.
+    """
+    dy = _cotangents(case)[0]
+    grads = ctx.call("backward", *_args(case), dy)
+    expected = reference.backward(dy, case.x, case.gamma, case.beta, case.eps, case.channel_axis)
+    return _check_all(("dx", "dgamma", "dbeta"), grads, expected, case, _scales(case, dy))
+
+
+def _running_stats(case: BNCase):
+    """Running statistics near (but not at) the batch's: the eval forward must use them, not the batch's."""
+    rng = _rng(case, 2)
+    x64 = case.x.astype(np.float64)
+    mean = x64.mean(axis=_reduce_axes(case))
+    var = x64.var(axis=_reduce_axes(case))
+    std = np.sqrt(var + case.eps)
+    running_mean = mean + std * rng.uniform(-1, 1, mean.shape)
+    running_var = (var + case.eps) * rng.uniform(0.25, 4, var.shape)
+    return running_mean.astype(case.x.dtype), running_var.astype(case.x.dtype)
+
+
+def forward_eval(ctx: Context, case: BNCase) -> list[Outcome]:
+    """Eval y with given running statistics agrees with the reference.
+
+    The running statistics differ from the batch's, so an eval that uses the batch's fails.
+    """
+    running_mean, running_var = _running_stats(case)
+    y = ctx.call("forward_eval", *_eval_args(case, running_mean, running_var))
+    y_ref = reference.forward_eval(case.x, case.gamma, case.beta, running_mean, running_var, case.eps,
+                                   case.channel_axis)
+    invstd = 1 / np.sqrt(running_var.astype(np.float64) + case.eps)
+    xhat = (case.x - _per_channel(running_mean, case)) * _per_channel(invstd, case)
+    kappa = float(np.max(np.abs(case.x) * _per_channel(invstd, case), initial=1.0))
+    scale = float(np.max(np.abs(case.gamma))) * max(1.0, float(np.max(np.abs(xhat), initial=0))) \
+        + float(np.max(np.abs(case.beta)))
+    return [_check("y", y, y_ref, case, scale, kappa=kappa)]
+
+
+def _eval_args(case: BNCase, running_mean, running_var):
+    return case.x, case.gamma, case.beta, running_mean, running_var, case.eps
+
+
+def double_backward(ctx: Context, case: BNCase) -> list[Outcome]:
+    """gx, ggamma, gdy (VJP of the backward) agree with autograd-of-autograd."""
+    dy, ddx, ddgamma, ddbeta = _cotangents(case)
+    grads = ctx.call("double_backward", *_args(case), dy, ddx, ddgamma, ddbeta)
+    expected = reference.double_backward(ddx, ddgamma, ddbeta, dy, case.x, case.gamma, case.beta, case.eps,
+                                         case.channel_axis)
+    return _check_all(("gx", "ggamma", "gdy"), grads, expected, case, _scales(case, dy, ddx, ddgamma, ddbeta))
+
+
+MOMENTA = (0.1, 0.01, 0.3, 0.9)
+
+
+def running_stats(ctx: Context, case: BNCase) -> list[Outcome]:
+    """One running-statistics step follows the measured convention.
+
+    Conventions differ between frameworks (momentum on the new or the old value; the
+    running variance with m or m - 1) and are reported, not failed; but whichever the
+    candidate uses must hold for every batch, both statistics, and every momentum.
+    """
+    conv = ctx.fingerprint.running if ctx.fingerprint is not None else None
+    if conv is None or not conv.consistent:
+        why = "not measured" if conv is None else conv.describe()
+        raise CandidateError(f"the running statistics follow no consistent convention: {why}")
+    rng = _rng(case, 3)
+    momentum = float(rng.choice(MOMENTA))
+    old_mean, old_var = _running_stats(case)
+    new_mean, new_var = ctx.call("update_running", case.x, old_mean, old_var, momentum)
+    x64 = case.x.astype(np.float64)
+    mean, var = x64.mean(axis=_reduce_axes(case)), x64.var(axis=_reduce_axes(case))
+    expected_mean, expected_var = conv.expected(old_mean, old_var, mean, var, case.count, momentum)
+    kappa = condition_number(case.x, case.channel_axis, case.eps)
+    size = lambda *a: max(float(np.max(np.abs(v), initial=0)) for v in a) or 1.0  # noqa: E731
+    return [_check("mean", new_mean, expected_mean, case, size(old_mean, mean), label="running_mean", kappa=kappa),
+            _check("var", new_var, expected_var, case, size(old_var, var * case.count / max(case.count - 1, 1)),
+                   label="running_var", kappa=kappa)]
+
+
+# --------------------------------------------------------------------------- invariants
+
+def _self_check(quantity, actual, expected, case: BNCase, scale: float, label: str, kappa: float) -> Outcome:
+    """Compare two outputs of the candidate itself (a metamorphic relation)."""
+    return _check(quantity, actual, np.asarray(expected, dtype=np.float64), case, scale, label=label, kappa=kappa)
+
+
+def shift_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
+    """BN(x + c) = BN(x) for a per-channel constant c (bugs #1, #5).
+
+    Offsets are powers of two up to 1024: large enough to expose E[x^2] - E[x]^2.
+    """
+    rng = _rng(case, 4)
+    c = rng.choice([-1.0, 1.0], case.channels) * 2.0 ** rng.integers(0, 11, case.channels)
+    shifted = (case.x.astype(np.float64) + _per_channel(c, case)).astype(case.x.dtype)
+    y = ctx.call("forward_train", *_args(case))
+    y_shifted = ctx.call("forward_train", shifted, case.gamma, case.beta, case.eps)
+    # rounding x + c moves each value by u|x + c|: the data's kappa after the shift bounds the change
+    kappa = condition_number(shifted, case.channel_axis, case.eps) + condition_number(case.x, case.channel_axis,
+                                                                                    case.eps)
+    return [_self_check("y", y_shifted, y, case, _scales(case)["y"], "y(x + c) vs y(x)", kappa)]
+
+
+def scale_equivariance(ctx: Context, case: BNCase) -> list[Outcome]:
+    """BN(a x; eps a^2) = BN(x; eps) for a = 2^k (bug #7: scale handling).
+
+    Scaling by a power of two is exact, so a correct kernel agrees to rounding; a
+    hard-coded or ignored eps does not.
+    """
+    rng = _rng(case, 5)
+    a = 2.0 ** int(rng.integers(-4, 5))
+    y = ctx.call("forward_train", *_args(case))
+    y_scaled = ctx.call("forward_train", (case.x * a).astype(case.x.dtype), case.gamma, case.beta,
+                        case.eps * a * a)
+    kappa = condition_number(case.x, case.channel_axis, case.eps)
+    return [_self_check("y", y_scaled, y, case, _scales(case)["y"], f"y_(eps a^2)(a x) vs y(x), a={a:g}", kappa)]
+
+
+def _metamorphic(ctx: Context, case: BNCase, into, outof, what: str) -> list[Outcome]:
+    """Run forward and backward on (x, dy) and on (into(x), into(dy)); compare with outof of the first."""
+    dy = _cotangents(case)[0]
+    y = ctx.call("forward_train", *_args(case))
+    y2 = ctx.call("forward_train", into(case.x), case.gamma, case.beta, case.eps)
+    dx = _result(ctx.call("backward", *_args(case), dy), 3)[0]
+    dx2 = _result(ctx.call("backward", into(case.x), case.gamma, case.beta, case.eps, into(dy)), 3)[0]
+    s = _scales(case, dy)
+    kappa = condition_number(case.x, case.channel_axis, case.eps)
+    return [_self_check("y", y2, outof(y), case, s["y"], f"y({what}) vs y(x)", kappa),
+            _self_check("dx", dx2, outof(dx), case, s["dx"], f"dx({what}) vs dx(x)", kappa)]
+
+
+def batch_permutation(ctx: Context, case: BNCase) -> list[Outcome]:
+    """Permuting the batch axis permutes y and dx the same way.
+
+    The statistics pool the whole batch, whatever its order.
+    """
+    batch_axis = 0 if case.channel_axis % case.x.ndim != 0 else 1
+    perm = _rng(case, 6).permutation(case.x.shape[batch_axis])
+    take = lambda a: np.take(np.asarray(a), perm, axis=batch_axis)  # noqa: E731
+    return _metamorphic(ctx, case, take, take, "x[perm]")
+
+
+def _result(value, n: int):
+    if not isinstance(value, (tuple, list)) or len(value) != n:
+        raise CandidateError(f"expected a tuple of {n} arrays; got {type(value).__name__}")
+    return value
+
+
+def sum_dx_zero(ctx: Context, case: BNCase) -> list[Outcome]:
+    """sum_i dx_i = 0 in every channel.
+
+    y ignores a shift of x because the mean is subtracted, so dx has no component along it.
+    """
+    dy = _cotangents(case)[0]
+    dx = np.asarray(_result(ctx.call("backward", *_args(case), dy), 3)[0])
+    if dx.shape != case.x.shape:
+        raise CandidateError(f"backward returned dx of shape {dx.shape}, expected {case.x.shape}")
+    total = dx.astype(np.float64).sum(axis=_reduce_axes(case)).astype(dx.dtype)  # keeps dx's dtype for _check
+    scale = _scales(case, dy)["dx"] * case.count
+    return [_check("dx", total, np.zeros(case.channels), case, scale, label="sum(dx) per channel")]
+
+
+def constant_channel(ctx: Context, case: BNCase) -> list[Outcome]:
+    """A constant channel gives y = beta (bugs #1, #2, #24).
+
+    var = 0 there: y = beta exactly when x - mean rounds to 0, never NaN.
+    """
+    y = np.asarray(ctx.call("forward_train", *_args(case)))
+    x64 = case.x.astype(np.float64)
+    constant = np.ptp(x64, axis=_reduce_axes(case)) == 0
+    expected = np.broadcast_to(_per_channel(case.beta.astype(np.float64), case), case.x.shape)
+    mask = np.broadcast_to(_per_channel(constant, case), case.x.shape)
+    if y.shape != case.x.shape:
+        raise CandidateError(f"forward_train returned shape {y.shape}, expected {case.x.shape}")
+    masked = np.where(mask, y, expected.astype(case.x.dtype)) if y.dtype == case.x.dtype else y
+    return [_check("y", masked, expected, case, _scales(case)["y"], label="y on constant channels")]
+
+
+#: non-standard eps values: a wrong or hard-coded eps cannot agree with these (Theano's test trick)
+EPS_PROBES = (0.5, 3.0)
+
+
+def eps_honoured(ctx: Context, case: BNCase) -> list[Outcome]:
+    """Uses the eps it is given: forward at eps = 0.5 and 3 agrees with the reference.
+
+    Non-standard values (Theano's trick): a hard-coded eps cannot agree with them.
+    """
+    out = []
+    for eps in EPS_PROBES:
+        probe = replace(case, eps=eps)
+        y = ctx.call("forward_train", case.x, case.gamma, case.beta, eps)
+        y_ref = reference.forward_train(case.x, case.gamma, case.beta, eps, case.channel_axis)[0]
+        out.append(_check("y", y, y_ref, probe, _scales(probe)["y"], label=f"y at eps={eps:g}"))
+    return out
+
+
+def inputs_unchanged(ctx: Context, case: BNCase) -> list[Outcome]:
+    """No method writes into its input arrays.
+
+    Checked for x, gamma, beta, dy, the running statistics and the cotangents.
+    """
+    dy, ddx, ddgamma, ddbeta = _cotangents(case)
+    running_mean, running_var = _running_stats(case)
+    calls = {"forward_train": _args(case), "backward": (*_args(case), dy),
+             "forward_eval": _eval_args(case, running_mean, running_var),
+             "update_running": (case.x, running_mean, running_var, 0.1),
+             "double_backward": (*_args(case), dy, ddx, ddgamma, ddbeta)}
+    out = []
+    for method, args in calls.items():
+        if not callable(getattr(ctx.candidate, method, None)):
+            continue
+        before = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        ctx.call(method, *args)
+        for i, (a, b) in enumerate(zip(args, before)):
+            if isinstance(a, np.ndarray) and not np.array_equal(a, b, equal_nan=True):
+                changed = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0))
+                out.append(Outcome(f"{method} argument {i}", False, math.inf,
+                                   f"{method} modified its argument {i} (shape {a.shape}): "
+                                   f"max change {changed:.3g}"))
+    return out or [Outcome("inputs", True, 0.0, "no argument modified")]
+
+
+def strides(ctx: Context, case: BNCase) -> list[Outcome]:
+    """Strided, column-major x and dy give the results of C-contiguous ones (bug #11)."""
+    def strided(a):
+        # every other element of a column-major buffer: neither C- nor F-contiguous
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype, order="F")
+        big[..., ::2] = a
+        return big[..., ::2]
+
+    return _metamorphic(ctx, case, strided, lambda a: a, "strided x")
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+@dataclass(frozen=True)
+class Property:
+    """A named correctness property: ``body(ctx, case) -> [Outcome]`` over cases of ``conditions``."""
+
+    name: str
+    body: Callable[[Context, BNCase], list]
+    requires: tuple[str, ...] = ("forward_train",)
+    conditions: tuple[str, ...] = CONDITIONS
+
+    @property
+    def summary(self) -> str:
+        return (self.body.__doc__ or "").strip().splitlines()[0]
+
+
+PROPERTIES: tuple[Property, ...] = (
+    Property("forward", forward),
+    Property("backward", backward, ("backward",)),
+    Property("forward_eval", forward_eval, ("forward_eval",)),
+    Property("double_backward", double_backward, ("double_backward",)),
+    Property("running_stats", running_stats, ("update_running",)),
+    Property("shift_invariance", shift_invariance, conditions=("well", "constant", "minimal")),
+    Property("scale_equivariance", scale_equivariance),
+    Property("batch_permutation", batch_permutation, ("forward_train", "backward")),
+    Property("sum_dx_zero", sum_dx_zero, ("backward",)),
+    Property("constant_channel", constant_channel, conditions=("constant",)),
+    Property("eps_honoured", eps_honoured, conditions=("well", "tiny_spread", "minimal")),
+    Property("inputs_unchanged", inputs_unchanged),
+    Property("strides", strides, ("forward_train", "backward")),
+)
+
+
+def property_named(name: str) -> Property:
+    for prop in PROPERTIES:
+        if prop.name == name:
+            return prop
+    raise KeyError(f"unknown property {name!r}; known: {', '.join(p.name for p in PROPERTIES)}")

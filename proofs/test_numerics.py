@@ -1,0 +1,160 @@
+r"""Proofs and a worked example for the numerics of the batch statistics (step 11).
+
+The textbook one-pass formula E[x^2] - E[x]^2 is exact in exact arithmetic and useless
+in float32 when |mean| >> std; bnref shifts by a sample of the channel, takes a
+two-pass M2 per cache-sized block in float64 and merges blocks with Chan et al.'s
+update (bnref/_kernels.py: channel_moments). The merge is proved exact below.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import bnref
+from bnref import _kernels
+from proofs._symbolic import (CONCRETE_SIZES, concrete, name_sums, normalize_sums,
+                              rational_normal_form, symbolic)
+
+BATCHES = [pytest.param(symbolic, id="general-m")] + [
+    pytest.param(lambda size=size: concrete(size), id=f"m={size}") for size in CONCRETE_SIZES]
+
+#: the worked example of docs/derivation.md, step 11 (float32 values near 1000)
+WORKED_X = np.float32(1000) + np.array([0.01, 0.02, 0.03, 0.04], dtype=np.float32)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_textbook_formula_is_exact_in_exact_arithmetic(batch):
+    r"""Step 11: the one-pass formula is an identity -- its failure is purely one of rounding.
+
+    > $$\sigma^2 = \frac1m\sum_i x_i^2 - \mu^2 = \mathbb E[x^2] - \mathbb E[x]^2$$
+    """
+    b = batch()
+    b.assert_identity(b.var, b.total(lambda i: b.x(i) ** 2) / b.m - b.mean**2, "E[x^2] - E[x]^2")
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_shift_leaves_variance_unchanged(batch):
+    r"""Step 11: any shift K may be subtracted first; bnref takes K = a sample of the channel.
+
+    > $$\sigma^2(x - K\mathbf 1) = \sigma^2(x), \qquad \mu(x) = K + \mu(x - K\mathbf 1)$$
+    """
+    b = batch()
+    K = sp.Symbol("K", real=True)
+    b.assert_identity(b.map_x(b.var, lambda e: e - K), b.var, "var(x - K)")
+    b.assert_identity(b.mean, K + b.map_x(b.mean, lambda e: e - K), "mean(x)")
+
+
+def test_float32_worked_example():
+    r"""Step 11: four float32 values near 1000 with variance 1.25e-4.
+
+    E[x^2] = 1000050.0 and E[x]^2 = 1000050.0625 in float32 (neighbouring float32 values
+    there are 0.0625 apart), so the one-pass formula returns -0.0625: negative, and
+    rsqrt(var + eps) is NaN. The condition number 1 + mu^2/sigma^2 = 8.0e9 exceeds
+    1/2^-24 = 1.7e7, so not one digit can be trusted. bnref's variance equals the exact
+    variance of the four float32 values (computed in rationals) to the last bit.
+
+    > $$\text{float32: } \mathbb E[x^2] - \mathbb E[x]^2 = 1000050.0 - 1000050.0625 = -0.0625, \qquad \text{exact: } \sigma^2 = 1.2478675\times10^{-4}$$
+    """
+    x = WORKED_X
+    exact = [Fraction(float(v)) for v in x]
+    exact_mean = sum(exact) / len(exact)
+    exact_var = sum((v - exact_mean) ** 2 for v in exact) / len(exact)
+    assert f"{float(exact_var):.7e}" == "1.2478675e-04"
+    four = np.float32(len(x))
+    e_x2 = np.float32(0)
+    e_x = np.float32(0)
+    for v in x:                                     # float32 accumulation, as a naive kernel
+        e_x2 += v * v
+        e_x += v
+    e_x2, e_x = e_x2 / four, e_x / four
+    assert (float(e_x2), float(e_x * e_x)) == (1000050.0, 1000050.0625)
+    assert float(e_x2 - e_x * e_x) == -0.0625
+    assert np.spacing(np.float32(1e6)) == 0.0625
+    kappa = 1 + float(exact_mean) ** 2 / float(exact_var)
+    assert 7.9e9 < kappa < 8.1e9 and kappa * 2.0**-24 > 100
+    _, mean, var = bnref.forward_train(x.reshape(4, 1), np.ones(1, np.float32), np.zeros(1, np.float32))
+    assert var.dtype == np.float64
+    assert abs(var[0] - float(exact_var)) <= 2**-52 * float(exact_var)
+    assert abs(mean[0] - float(exact_mean)) <= 2**-52 * float(exact_mean)
+
+
+def test_float32_large_batch():
+    r"""Step 11, at scale: 4096 float32 values, mean 1e4, std 0.01.
+
+    > $$\text{4096 values, } \mu = 10^4,\ \sigma = 0.01: \text{ float32 one-pass gives } 0 \text{ (exact: } 9.967\times10^{-5}\text{); bnref agrees with the exact value to } 10^{-12}$$
+    """
+    rng = np.random.default_rng(0)
+    x = np.float32(1e4) + np.float32(0.01) * rng.standard_normal(4096).astype(np.float32)
+    exact = x.astype(np.float64)
+    exact_var = ((exact - exact.mean()) ** 2).mean()   # float64 two-pass on exact float32 inputs
+    naive = float(np.mean(x * x) - np.mean(x) ** 2)
+    assert f"{exact_var:.3e}" == "9.967e-05" and naive == 0.0
+    var = bnref.forward_train(x.reshape(-1, 1), np.ones(1, np.float32), np.zeros(1, np.float32))[2][0]
+    assert abs(var - exact_var) <= 1e-12 * exact_var
+
+
+# ---------------------------------------------------------------- Chan, Golub & LeVeque's merge
+def _merge_residuals(size_a, size_b):
+    """Residuals of Chan's merge of two blocks against the statistics of their union."""
+    def moments(name, size):
+        if isinstance(size, int):
+            values = sp.symbols(f"{name}1:{size + 1}", real=True)
+            total = lambda f: sp.Add(*(f(v) for v in values))  # noqa: E731
+        else:
+            v = sp.IndexedBase(name, real=True)
+            i = sp.Symbol(f"i_{name}", integer=True, positive=True)
+            total = lambda f: sp.Sum(f(v[i]), (i, 1, size))  # noqa: E731
+        return total
+
+    total_a, total_b = moments("u", size_a), moments("w", size_b)
+    mean_a, mean_b = total_a(lambda v: v) / size_a, total_b(lambda v: v) / size_b
+    m2_a = total_a(lambda v: (v - mean_a) ** 2)
+    m2_b = total_b(lambda v: (v - mean_b) ** 2)
+    n = size_a + size_b
+    mean_ab = (total_a(lambda v: v) + total_b(lambda v: v)) / n
+    m2_ab = total_a(lambda v: (v - mean_ab) ** 2) + total_b(lambda v: (v - mean_ab) ** 2)
+    delta = mean_b - mean_a
+    # the kernel's update: mean += delta * n_b / n;  M2 += M2_b + delta^2 * n_a n_b / n
+    merged_mean = mean_a + delta * size_b / n
+    merged_m2 = m2_a + m2_b + delta**2 * size_a * size_b / n
+    return [rational_normal_form(name_sums(normalize_sums(e)))
+            for e in (merged_mean - mean_ab, merged_m2 - m2_ab)]
+
+
+def test_chan_merge_general_sizes():
+    r"""Step 11, for symbolic block sizes a and b: merging (count, mean, M2) of two blocks is exact.
+
+    > $$\delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \delta\,\frac{n_B}{n_A+n_B}, \qquad M_{2,AB} = M_{2,A} + M_{2,B} + \delta^2\,\frac{n_A n_B}{n_A+n_B}$$
+    """
+    a, b = sp.symbols("a b", integer=True, positive=True)
+    assert _merge_residuals(a, b) == [0, 0]
+
+
+@pytest.mark.parametrize("size_a,size_b", [(1, 1), (1, 3), (2, 2), (3, 2), (3, 3)])
+def test_chan_merge_small_sizes(size_a, size_b):
+    r"""Step 11, block sizes 1..3 with explicit symbols.
+
+    > $$\delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \delta\,\frac{n_B}{n_A+n_B}, \qquad M_{2,AB} = M_{2,A} + M_{2,B} + \delta^2\,\frac{n_A n_B}{n_A+n_B}$$
+    """
+    assert _merge_residuals(size_a, size_b) == [0, 0]
+
+
+def test_channel_moments_kernel_merges_exactly():
+    r"""Step 11, numerically: the kernel with tiny blocks (many merges) equals a float64 two-pass.
+
+    > $$\delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \delta\,\frac{n_B}{n_A+n_B}, \qquad M_{2,AB} = M_{2,A} + M_{2,B} + \delta^2\,\frac{n_A n_B}{n_A+n_B}$$
+    """
+    rng = np.random.default_rng(2)
+    x3 = rng.normal(5.0, 2.0, size=(37, 3, 4))
+    shift = x3[0, :, 0].copy()
+    nchunks, rows = _kernels.chunking(x3.shape[0])
+    for rows_per_block in (1, 2, 5, 37):
+        moments = _kernels.pick(_kernels.channel_moments, x3.size)
+        mean_shifted, m2 = moments(x3, shift, rows, nchunks, rows_per_block)
+        flat = x3.transpose(1, 0, 2).reshape(3, -1)
+        np.testing.assert_allclose(shift + mean_shifted, flat.mean(axis=1), rtol=1e-14)
+        np.testing.assert_allclose(m2, ((flat - flat.mean(axis=1, keepdims=True)) ** 2).sum(axis=1),
+                                   rtol=1e-12)

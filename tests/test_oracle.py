@@ -1,0 +1,195 @@
+"""The oracle checked: every mutant fails the property it breaks; correct candidates raise no alarm.
+
+Runs under the oracle's "ci" profile (12 examples per property and dtype, fixed seed).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnref import testing
+from bnref.oracle import PROPERTIES, check, fingerprint, replay
+from bnref.oracle.cli import main as cli_main
+from bnref.oracle.properties import candidate_tolerance
+from bnref.strategies import make_case
+from tests.mutants import MUTANTS, CorrectBN
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- mutants
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
+def test_mutant_fails_the_property_it_breaks(mutant):
+    report = check(mutant(), profile="ci", properties=[mutant.breaks])
+    failed = [r for r in report.results if r.failed]
+    assert failed, f"{mutant.__name__} ({mutant.__doc__.split(chr(10))[0]}) passed {mutant.breaks}:\n" \
+                   f"{report.render()}"
+    first = failed[0]
+    assert first.failures, "a failure must say what was compared"
+    if first.case:  # a shrunk example comes with a replay that reproduces it
+        assert "make_case(" in first.replay and "replay(" in first.replay
+
+
+def test_the_catalogue_is_large_and_documented():
+    assert len(MUTANTS) >= 15
+    names = {p.name for p in PROPERTIES}
+    for mutant in MUTANTS:
+        assert mutant.breaks in names, mutant
+        assert any(ref in mutant.__doc__ for ref in ("row", "section", "issue 3")), mutant
+
+
+def test_replay_reproduces_a_failure(capsys):
+    report = check(MUTANTS[0](), profile="ci", properties=["forward"], dtypes=["float64"])
+    failure = report.result("forward", "float64")
+    assert failure.failed
+    assert report.target == "tests.mutants.catalogue:NaiveVariance"
+    code = failure.replay.split('-c "', 1)[1].rstrip('"')
+    exec(code.replace("; ", "\n"), {})  # noqa: S102  (the printed one-liner, run as is)
+    assert "FAIL" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- no false alarms
+
+def _assert_clean(report):
+    assert report.ok, report.render()
+    assert all(r.status in ("pass", "not provided") for r in report.results)
+
+
+def test_no_false_alarm_numpy_base():
+    _assert_clean(check(CorrectBN(), profile="ci"))
+
+
+def test_no_false_alarm_bnref():
+    _assert_clean(check("bnref", profile="ci"))
+
+
+def test_no_false_alarm_torch():
+    """float64 must pass everything; float32 too, with the tolerance of a float32 computation."""
+    pytest.importorskip("torch")
+    report = check("torch", profile="ci")
+    _assert_clean(report)
+    assert report.fingerprint.float32_offset["error"] < 0.1
+    rows = dict(report.fingerprint.rows())
+    assert rows["eps"].startswith("inside the square root")
+    assert rows["normalizing variance"].startswith("divides by m (biased)")
+    assert rows["running variance"] == "divides by m - 1 (unbiased)"
+    assert rows["momentum"].startswith("momentum=0.1 weighs the new value")
+    assert rows["single value per channel (training)"].startswith("error (ValueError")
+
+
+def test_no_false_alarm_flax_float64():
+    pytest.importorskip("flax")
+    # flax-two-pass: Flax's BatchNorm with use_fast_variance=False. The default (True) computes
+    # E[x^2] - E[x]^2 and loses u64 * kappa^2 on offset data, which the oracle reports (docs/oracle.md).
+    report = check("flax-two-pass", dtypes=["float64"], profile="ci")
+    _assert_clean(report)
+    running = report.fingerprint.running
+    assert running.consistent and running.direction_mean == "old" and running.var_divisor == "m"
+
+
+# --------------------------------------------------------------------------- fingerprint probes
+
+@pytest.mark.parametrize("mutant, row, text", [
+    ("EpsOutsideSqrt", "eps", "OUTSIDE"),
+    ("HardcodedEps", "eps", "IGNORED"),
+    ("NormalizeUnbiased", "normalizing variance", "m - 1"),
+    ("InconsistentMomentum", "momentum", "inconsistent"),
+    ("MomentumDropped", "momentum", "inconsistent"),
+    ("RunningVarStoresInvstd", "running variance", "unrecognized"),
+])
+def test_fingerprint_measures_what_the_mutant_does(mutant, row, text):
+    import tests.mutants as mutants
+
+    found = dict(fingerprint(getattr(mutants, mutant)()).rows())[row]
+    assert text in found, found
+
+
+def test_fingerprint_of_the_correct_base():
+    rows = dict(fingerprint(CorrectBN()).rows())
+    assert rows["running variance"] == "divides by m - 1 (unbiased)"
+    assert rows["single value per channel (training)"] == "a value: y = beta (var = 0), no error"
+
+
+def test_candidate_tolerance_is_the_core_table_in_float64():
+    for quantity in testing.TOLERANCES:
+        assert math.isclose(candidate_tolerance(quantity, np.float64, kappa=30.0, m=8),
+                            testing.tolerance(quantity, np.float64, kappa=30.0, m=8))
+    assert candidate_tolerance("y", np.float32, kappa=1e6, m=4, gross_only=True) == 0.1
+
+
+# --------------------------------------------------------------------------- CLI and report
+
+def test_cli_exit_codes_and_json(tmp_path, capsys):
+    assert cli_main(["no-such-adapter"]) == 2
+    assert "unknown target" in capsys.readouterr().err
+    assert cli_main(["no_such_module_xyz:thing"]) == 2
+    assert "cannot import" in capsys.readouterr().err
+    assert cli_main(["tests.mutants:NoSuchMutant"]) == 2
+    assert cli_main(["bnref", "--profile", "nope"]) == 2
+    out = tmp_path / "report.json"
+    code = cli_main(["tests.mutants:IgnoresStrides", "--only", "strides", "--dtype", "float64",
+                     "--profile", "ci", "--json", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert printed.startswith("bnref ") and "tests.mutants:IgnoresStrides" in printed.splitlines()[0]
+    assert "version tests.mutants" in printed.splitlines()[0]
+    assert "minimal example" in printed and "replay" in printed
+    data = json.loads(out.read_text())
+    assert data["ok"] is False and data["results"][0]["status"] == "FAIL"
+    assert cli_main(["tests.mutants:CorrectBN", "--only", "forward", "--profile", "quick", "--no-progress"]) == 0
+
+
+def test_inputs_left_untouched_by_the_oracle():
+    case = make_case((3, 2, 4), "float64", 1, "well", seed=5, eps=1e-3)
+    x = case.x.copy()
+    outcomes = replay(CorrectBN(), "forward", case)
+    assert all(o.ok for o in outcomes) and np.array_equal(case.x, x)
+
+
+# --------------------------------------------------------------------------- docs example and plugin
+
+def test_docs_example_candidate_passes():
+    spec = importlib.util.spec_from_file_location("wrap_candidate", ROOT / "docs" / "examples" / "wrap_candidate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = check(module.MyCandidate(), profile="ci")
+    _assert_clean(report)
+    assert report.result("forward_eval", "float64").status == "not provided"
+
+
+def _plugin_args() -> list[str]:
+    from importlib.metadata import entry_points
+
+    installed = any(ep.value == "bnref.pytest_plugin" for ep in entry_points(group="pytest11"))
+    return [] if installed else ["-p", "bnref.pytest_plugin"]
+
+
+def test_pytest_plugin_runs_the_properties(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "pytest", *_plugin_args(), "-p", "no:cacheprovider", "-p", "no:xdist", "-q",
+           "--bnref-candidate", "tests.mutants:IgnoresStrides", "--bnref-dtype", "float64",
+           "--bnref-profile", "quick", str(tmp_path)]
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "FAILED ::bnref[float64-strides]" in run.stdout, run.stdout
+    assert "passed" in run.stdout and "minimal example" in run.stdout
+
+
+def test_docs_page_shows_the_tested_example():
+    source = (ROOT / "docs" / "examples" / "wrap_candidate.py").read_text()
+    marked = source.split("# --8<-- [start:candidate]\n", 1)[1].split("# --8<-- [end:candidate]", 1)[0]
+    page = (ROOT / "docs" / "oracle.md").read_text()
+    block = page.split("<!-- begin: docs/examples/wrap_candidate.py candidate -->\n", 1)[1]
+    block = block.split("<!-- end: docs/examples/wrap_candidate.py candidate -->", 1)[0]
+    shown = block.strip().removeprefix("```python\n").removesuffix("```").rstrip()
+    assert shown == marked.rstrip(), "docs/oracle.md no longer shows docs/examples/wrap_candidate.py"
+    assert len(shown.splitlines()) <= 16
