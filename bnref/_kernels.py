@@ -83,14 +83,23 @@ def pick(kernel, size: int):
     return kernel if size >= PARALLEL_MIN_ELEMENTS else kernel.serial
 
 
-def chunking(a: int, size: int) -> tuple[int, int]:
+def chunking(a: int, size: int | None = None) -> tuple[int, int]:
     """(number of chunks, rows per chunk) for a reduction over the ``a`` rows of ``size`` elements.
 
-    Depends on the shape only (never on the thread count): at most :data:`MAX_CHUNKS`, and
-    no chunk under :data:`CHUNK_MIN_ELEMENTS`, so small inputs skip partials they do not need.
+    Depends on the shape only (never on the thread count): at most :data:`MAX_CHUNKS`, and, when
+    ``size`` is given, no chunk under :data:`CHUNK_MIN_ELEMENTS`, so small inputs skip partials
+    they do not need.
     """
-    nchunks = max(1, min(a, MAX_CHUNKS, size // CHUNK_MIN_ELEMENTS))
+    nchunks = max(1, min(a, MAX_CHUNKS))
+    if size is not None:
+        nchunks = max(1, min(nchunks, size // CHUNK_MIN_ELEMENTS))
     return nchunks, -(-a // nchunks) if a else 0
+
+
+def block_rows(channels: int, b: int) -> int:
+    """Rows per statistics block: about :data:`BLOCK_ELEMENTS` values of one channel
+    (channels-first, runs of ``b``) or of all channels (channels-last, ``b == 1``)."""
+    return max(1, BLOCK_ELEMENTS // max(1, channels if b == 1 else b))
 
 
 @njit(cache=True, nogil=True)
@@ -127,21 +136,20 @@ def _chan_merge(mean, m2, mean_other, m2_other, w_other, w_cross):
 
 
 @_kernel(reassoc=True)
-def channel_moments(x, shift, rows_per_chunk, nchunks):
-    """Per-channel mean and biased variance of ``x`` (A, C, B), both float64 (C,).
+def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
+    """Per-channel mean and M2 of ``x`` (A, C, B) about ``shift`` (C,), both float64 (C,).
 
-    ``shift`` (C,) is a sample of each channel; the sums run over ``x - shift``. Each block of
+    Returns ``(mean - shift, M2)``; ``shift`` is a sample of each channel. Each block of
     rows is summed, then its M2 about its own mean is taken while the block is still in cache,
     and blocks are merged with Chan, Golub & LeVeque's pairwise update -- a one-pass,
     two-pass-accurate scheme. Shifting by a sample of the channel makes a constant channel give
-    exactly its value and 0.
+    exactly 0 and 0.
     """
     A, C, B = x.shape
     chunk_count = np.zeros(nchunks)
     chunk_mean = np.zeros((nchunks, C))
     chunk_m2 = np.zeros((nchunks, C))
     if B == 1:
-        rows_per_block = max(1, BLOCK_ELEMENTS // C)
         for k in prange(nchunks):
             a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
             block_mean = np.empty(C)
@@ -167,7 +175,6 @@ def channel_moments(x, shift, rows_per_chunk, nchunks):
                 n += n_block
             chunk_count[k] = n
     else:
-        rows_per_block = max(1, BLOCK_ELEMENTS // B)
         for kc in prange(nchunks * C):
             k, c, a_start, a_stop = _chunk_channel(kc, C, rows_per_chunk, A)
             shift_c = shift[c]
@@ -194,7 +201,7 @@ def channel_moments(x, shift, rows_per_chunk, nchunks):
             chunk_m2[k, c] = m2
             if c == 0:
                 chunk_count[k] = n
-    mean = np.zeros(C)  # of x - shift, until the shift is added back below
+    mean = np.zeros(C)  # of x - shift
     m2 = np.zeros(C)
     n = 0.0
     for k in range(nchunks):
@@ -204,11 +211,7 @@ def channel_moments(x, shift, rows_per_chunk, nchunks):
         for c in range(C):
             mean[c], m2[c] = _chan_merge(mean[c], m2[c], chunk_mean[k, c], chunk_m2[k, c], w_other, w_cross)
         n += chunk_count[k]
-    var = np.empty(C)
-    for c in range(C):  # a loop, not an array expression (Numba would warn: with numpy=False it is not parallel)
-        mean[c] += shift[c]
-        var[c] = m2[c] / n
-    return mean, var
+    return mean, m2
 
 
 @_kernel(reassoc=True)

@@ -93,8 +93,11 @@ def _moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel biased mean and variance of x in float64, stable for large offsets."""
     x3 = prep.x3
     shift = x3[0, :, 0].astype(np.float64)  # a sample of each channel
-    nchunks, rows = _kernels.chunking(x3.shape[0], x3.size)
-    mean, var = prep.kernel(_kernels.channel_moments)(x3, shift, rows, nchunks)
+    a, c, b = x3.shape
+    nchunks, rows = _kernels.chunking(a, x3.size)
+    mean_shifted, m2 = prep.kernel(_kernels.channel_moments)(x3, shift, rows, nchunks, _kernels.block_rows(c, b))
+    mean = shift + mean_shifted
+    var = m2 / prep.count
     _checks.finite_stats("the batch mean or variance of x", mean + var, prep.axis)
     return mean, var
 
