@@ -37,6 +37,8 @@ def as_float_array(name: str, value, dtype=None) -> np.ndarray:
 
 def channel_axis(value, ndim: int) -> int:
     """``value`` normalized to ``0 <= axis < ndim``."""
+    if type(value) is int and -ndim <= value < ndim:  # the common case, without ABC checks
+        return value % ndim
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"channel_axis must be an int, got {value!r}")
     if not -ndim <= value < ndim:
@@ -68,6 +70,8 @@ def per_channel(name: str, value, channels: int, dtype=None) -> np.ndarray:
 
 
 def eps_value(eps) -> float:
+    if type(eps) is float and 0 < eps < math.inf:  # the common case, without ABC checks
+        return eps
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {eps!r}")
     eps = float(eps)
@@ -120,6 +124,8 @@ def out_array(name: str, out, x: np.ndarray) -> np.ndarray | None:
 
 def finite_stats(what: str, values: np.ndarray, channel_axis: int) -> None:
     """Raise if a per-channel reduction came out non-finite (so the input was)."""
+    if np.isfinite(values).all():
+        return
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         shown = ", ".join(map(str, bad[:8])) + (", ..." if bad.size > 8 else "")

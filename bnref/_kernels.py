@@ -4,11 +4,26 @@ Three kernels do all the full-size work; every per-channel formula lives in
 ``functional.py`` on ``(C,)`` float64 vectors, next to the math it implements.
 
 * :func:`channel_moments` -- per-channel mean and M2 = sum (x - mean)^2, one pass over memory.
-* :func:`channel_sums` -- the per-channel reductions of the backward and double backward.
-* :func:`normalize_affine` / :func:`combine` -- the elementwise passes.
+* :func:`channel_sums` -- the per-channel reductions of the backward (2 sums) and double backward (5).
+* :func:`combine` -- the one elementwise pass: ``out = k_x*(x - mean) + k_u*u + k_v*v + k_0``.
 
-All accumulation is in float64, also for float32 data; results do not depend on
-the thread count (the reduction is split into a fixed number of chunks).
+Accuracy. All accumulation is in float64, also for float32 data. Results do not depend on the
+thread count: a reduction over ``A`` is split into a fixed number of chunks (:func:`chunking`),
+each chunk is summed by one thread, and the chunk partials are merged in chunk order.
+
+Speed. Batch norm is memory-bound, so each kernel streams memory in order and vectorizes its
+inner loop, with one loop order per layout:
+
+* channels-first (``B > 1``): a channel's values sit in contiguous runs of ``B``; the inner loop
+  runs over ``b`` and the work is split over (chunk, channel) pairs, so a small ``A`` (even 1)
+  still keeps every thread busy;
+* channels-last (``B == 1``): a row holds one value of every channel; the inner loop runs over
+  ``c`` with one accumulator per channel, and the work is split over chunks of rows.
+
+The reductions are compiled with ``fastmath={"reassoc"}`` and nothing else: it lets LLVM split a
+sum over ``b`` into SIMD lanes (a fixed, thread-independent order, as accurate as sequential
+summation or better); no-NaN, no-Inf and contraction flags stay off, so NaN still propagates to
+the finiteness checks and each ``x - shift`` is rounded exactly as written.
 """
 from __future__ import annotations
 
@@ -17,67 +32,158 @@ import types
 import numpy as np
 from numba import njit, prange
 
-_PARALLEL = dict(cache=True, nogil=True, parallel=True)
-
+#: a statistics block holds about this many values of one channel (channels-first) or of all
+#: channels (channels-last), so its second pass reads the L2 cache, not memory
+BLOCK_ELEMENTS = 1 << 15
+#: the reduction over A is split into at most this many chunks, whatever the thread count
+MAX_CHUNKS = 16
+#: ... each of at least this many elements (unless there is only one)
+CHUNK_MIN_ELEMENTS = 1 << 15
 #: below this many elements a kernel runs single-threaded: waking threads costs more than the
 #: work, and on a loaded machine (pytest -n auto) parallel regions on tiny arrays stall badly
-PARALLEL_MIN_ELEMENTS = 1 << 16
+PARALLEL_MIN_ELEMENTS = 1 << 17
 
 
-def _with_serial_twin(kernel):
-    """Attach ``kernel.serial``: the same Python function compiled without ``parallel``.
+def _prange_only() -> dict:
+    """Numba's parallel options with only ``prange`` on: one parallel region per kernel call.
 
+    With ``parallel=True`` Numba would also turn every ``np.zeros``, array expression and slice
+    assignment into a parallel region of its own; each costs a thread wake-up and a barrier for
+    O(C) work, and on a busy machine every barrier can wait a whole time slice (measured under a
+    load average of 9: channel_sums on (32, 256, 784) float32 took 224 ms, prange only 8-12 ms).
+    (A fresh dict each time: Numba consumes it.)
+    """
+    return dict(prange=True, comprehension=False, reduction=False, inplace_binop=False,
+                setitem=False, numpy=False, stencil=False, fusion=False)
+
+
+def _kernel(*, reassoc: bool = False):
+    """Compile a kernel with ``parallel=True`` and attach ``.serial``, its single-threaded twin.
+
+    Both run the same loops over the same fixed chunks; :func:`pick` chooses by size only,
+    never by thread count. ``reassoc`` allows reordering sums (see the module docstring).
     The twin gets its own qualified name so that Numba's on-disk cache keeps both.
     """
-    py = kernel.py_func
-    twin = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial", py.__defaults__,
-                              py.__closure__)
-    twin.__qualname__ = py.__qualname__ + "_serial"
-    twin.__doc__ = py.__doc__
-    kernel.serial = njit(cache=True, nogil=True)(twin)
-    return kernel
+    options = dict(cache=True, nogil=True, fastmath={"reassoc"} if reassoc else False)
+
+    def wrap(py):
+        twin = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial", py.__defaults__,
+                                  py.__closure__)
+        twin.__qualname__ = py.__qualname__ + "_serial"
+        twin.__doc__ = py.__doc__
+        kernel = njit(parallel=_prange_only(), **options)(py)
+        kernel.serial = njit(**options)(twin)
+        return kernel
+
+    return wrap
 
 
 def pick(kernel, size: int):
     """The parallel kernel for large inputs, its serial twin for small ones."""
     return kernel if size >= PARALLEL_MIN_ELEMENTS else kernel.serial
 
-#: a statistics block holds about this many elements, so its second pass reads cache, not memory
-BLOCK_ELEMENTS = 1 << 15
-#: the reduction over A is split into at most this many chunks, whatever the thread count
-MAX_CHUNKS = 16
 
+def chunking(a: int, size: int | None = None) -> tuple[int, int]:
+    """(number of chunks, rows per chunk) for a reduction over the ``a`` rows of ``size`` elements.
 
-def chunking(a: int) -> tuple[int, int]:
-    """(number of chunks, rows per chunk) for a reduction over ``a`` rows."""
+    Depends on the shape only (never on the thread count): at most :data:`MAX_CHUNKS`, and, when
+    ``size`` is given, no chunk under :data:`CHUNK_MIN_ELEMENTS`, so small inputs skip partials
+    they do not need.
+    """
     nchunks = max(1, min(a, MAX_CHUNKS))
+    if size is not None:
+        nchunks = max(1, min(nchunks, size // CHUNK_MIN_ELEMENTS))
     return nchunks, -(-a // nchunks) if a else 0
 
 
-@_with_serial_twin
-@njit(**_PARALLEL)
+def block_rows(channels: int, b: int) -> int:
+    """Rows per statistics block: about :data:`BLOCK_ELEMENTS` values of one channel
+    (channels-first, runs of ``b``) or of all channels (channels-last, ``b == 1``)."""
+    return max(1, BLOCK_ELEMENTS // max(1, channels if b == 1 else b))
+
+
+@njit(cache=True, nogil=True)
+def _chunk_rows(k, rows_per_chunk, A):
+    """Rows ``[a_start, a_stop)`` of chunk ``k``."""
+    a_start = k * rows_per_chunk
+    return a_start, min(A, a_start + rows_per_chunk)
+
+
+@njit(cache=True, nogil=True)
+def _chunk_channel(kc, C, rows_per_chunk, A):
+    """Work item ``kc`` of the channels-first split into (chunk, channel) pairs: k, c, a_start, a_stop."""
+    k = kc // C
+    c = kc - k * C
+    a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
+    return k, c, a_start, a_stop
+
+
+@njit(cache=True, nogil=True)
+def _merge_weights(n, n_other):
+    """The weights of :func:`_chan_merge` for sets of ``n`` and ``n_other`` values (once per block)."""
+    w_other = n_other / (n + n_other)
+    return w_other, n * w_other
+
+
+@njit(cache=True, nogil=True)
+def _chan_merge(mean, m2, mean_other, m2_other, w_other, w_cross):
+    """Chan, Golub & LeVeque: (mean, M2) of the union of two disjoint sets of n and n_other values.
+
+    ``w_other = n_other/(n + n_other)``, ``w_cross = n*n_other/(n + n_other)`` (:func:`_merge_weights`).
+    """
+    delta = mean_other - mean
+    return mean + delta * w_other, m2 + m2_other + delta * delta * w_cross
+
+
+@_kernel(reassoc=True)
 def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
     """Per-channel mean and M2 of ``x`` (A, C, B) about ``shift`` (C,), both float64 (C,).
 
-    Returns ``(mean - shift, M2)``. Each block of rows is summed, then its M2 about its
-    own mean is taken while the block is still in cache, and blocks are merged with
-    Chan, Golub & LeVeque's pairwise update -- a one-pass, two-pass-accurate scheme.
-    Shifting by a sample of the channel makes a constant channel give exactly 0, 0.
+    Returns ``(mean - shift, M2)``; ``shift`` is a sample of each channel. Each block of
+    rows is summed, then its M2 about its own mean is taken while the block is still in cache,
+    and blocks are merged with Chan, Golub & LeVeque's pairwise update -- a one-pass,
+    two-pass-accurate scheme. Shifting by a sample of the channel makes a constant channel give
+    exactly 0 and 0.
     """
     A, C, B = x.shape
     chunk_count = np.zeros(nchunks)
     chunk_mean = np.zeros((nchunks, C))
     chunk_m2 = np.zeros((nchunks, C))
-    for k in prange(nchunks):
-        a_start = k * rows_per_chunk
-        a_stop = min(A, a_start + rows_per_chunk)
-        n = 0.0
-        for s in range(a_start, a_stop, rows_per_block):
-            e = min(a_stop, s + rows_per_block)
-            n_block = float((e - s) * B)
-            n_total = n + n_block
-            for c in range(C):
-                shift_c = shift[c]
+    if B == 1:
+        for k in prange(nchunks):
+            a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
+            block_mean = np.empty(C)
+            block_m2 = np.empty(C)
+            n = 0.0
+            for s in range(a_start, a_stop, rows_per_block):
+                e = min(a_stop, s + rows_per_block)
+                n_block = float(e - s)
+                block_mean[:] = 0.0  # the block's sum, then its mean
+                block_m2[:] = 0.0
+                for a in range(s, e):
+                    for c in range(C):
+                        block_mean[c] += x[a, c, 0] - shift[c]
+                block_mean /= n_block
+                for a in range(s, e):
+                    for c in range(C):
+                        d = (x[a, c, 0] - shift[c]) - block_mean[c]
+                        block_m2[c] += d * d
+                w_other, w_cross = _merge_weights(n, n_block)
+                for c in range(C):
+                    chunk_mean[k, c], chunk_m2[k, c] = _chan_merge(
+                        chunk_mean[k, c], chunk_m2[k, c], block_mean[c], block_m2[c], w_other, w_cross)
+                n += n_block
+            chunk_count[k] = n
+    else:
+        for kc in prange(nchunks * C):
+            k, c, a_start, a_stop = _chunk_channel(kc, C, rows_per_chunk, A)
+            shift_c = shift[c]
+            n = 0.0
+            mean = 0.0
+            m2 = 0.0
+            for s in range(a_start, a_stop, rows_per_block):
+                e = min(a_stop, s + rows_per_block)
+                n_block = float((e - s) * B)
                 block_sum = 0.0
                 for a in range(s, e):
                     for b in range(B):
@@ -88,97 +194,120 @@ def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
                     for b in range(B):
                         d = (x[a, c, b] - shift_c) - block_mean
                         block_m2 += d * d
-                # Chan et al.: merge (n, mean, M2) with (n_block, block_mean, block_m2)
-                delta = block_mean - chunk_mean[k, c]
-                chunk_mean[k, c] += delta * (n_block / n_total)
-                chunk_m2[k, c] += block_m2 + delta * delta * (n * n_block / n_total)
-            n = n_total
-        chunk_count[k] = n
-    mean = np.zeros(C)
+                w_other, w_cross = _merge_weights(n, n_block)
+                mean, m2 = _chan_merge(mean, m2, block_mean, block_m2, w_other, w_cross)
+                n += n_block
+            chunk_mean[k, c] = mean
+            chunk_m2[k, c] = m2
+            if c == 0:
+                chunk_count[k] = n
+    mean = np.zeros(C)  # of x - shift
     m2 = np.zeros(C)
     n = 0.0
     for k in range(nchunks):
-        n_k = chunk_count[k]
-        if n_k == 0.0:
+        if chunk_count[k] == 0.0:
             continue
-        n_total = n + n_k
+        w_other, w_cross = _merge_weights(n, chunk_count[k])
         for c in range(C):
-            delta = chunk_mean[k, c] - mean[c]
-            mean[c] += delta * (n_k / n_total)
-            m2[c] += chunk_m2[k, c] + delta * delta * (n * n_k / n_total)
-        n = n_total
+            mean[c], m2[c] = _chan_merge(mean[c], m2[c], chunk_mean[k, c], chunk_m2[k, c], w_other, w_cross)
+        n += chunk_count[k]
     return mean, m2
 
 
-@_with_serial_twin
-@njit(**_PARALLEL)
-def channel_sums(x, mean, invstd, dy, ddx, rows_per_chunk, nchunks):
-    """Per-channel sums over (A, B), float64 (C, 5), with xhat = (x - mean) * invstd:
+@_kernel(reassoc=True)
+def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
+    """Per-channel sums over (A, B), float64 (5, C), with xmu = x - mean:
 
-    column 0: sum dy        1: sum dy*xhat        2: sum ddx
-    column 3: sum ddx*xhat  4: sum ddx*dy
+    row 0: sum dy        1: sum dy*xmu        2: sum ddx
+    row 3: sum ddx*xmu   4: sum ddx*dy
 
-    The backward passes ``ddx=dy`` and reads columns 0-1 (same memory, no extra traffic).
+    ``ddx=None`` (the backward) compiles a version that computes rows 0-1 only and leaves
+    2-4 at zero (Numba prunes the ``ddx`` branches when its type is None). Sums use ``x - mean``,
+    not ``xhat``: the caller multiplies by ``invstd`` once per channel.
     """
     A, C, B = x.shape
-    partial = np.zeros((nchunks, C, 5))
-    for k in prange(nchunks):
-        a_start = k * rows_per_chunk
-        a_stop = min(A, a_start + rows_per_chunk)
-        for a in range(a_start, a_stop):
-            for c in range(C):
-                mean_c = mean[c]
-                invstd_c = invstd[c]
-                s_dy = 0.0
-                s_dy_xhat = 0.0
-                s_ddx = 0.0
-                s_ddx_xhat = 0.0
-                s_ddx_dy = 0.0
+    partial = np.zeros((nchunks, 2 if ddx is None else 5, C))
+    if B == 1:
+        for k in prange(nchunks):
+            a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
+            acc = partial[k]
+            for a in range(a_start, a_stop):
+                for c in range(C):
+                    xmu = x[a, c, 0] - mean[c]
+                    dy_v = np.float64(dy[a, c, 0])
+                    acc[0, c] += dy_v
+                    acc[1, c] += dy_v * xmu
+                    if ddx is not None:
+                        ddx_v = np.float64(ddx[a, c, 0])
+                        acc[2, c] += ddx_v
+                        acc[3, c] += ddx_v * xmu
+                        acc[4, c] += ddx_v * dy_v
+    else:
+        for kc in prange(nchunks * C):
+            k, c, a_start, a_stop = _chunk_channel(kc, C, rows_per_chunk, A)
+            mean_c = mean[c]
+            s_dy = 0.0
+            s_dy_xmu = 0.0
+            s_ddx = 0.0
+            s_ddx_xmu = 0.0
+            s_ddx_dy = 0.0
+            for a in range(a_start, a_stop):
                 for b in range(B):
-                    xhat = (x[a, c, b] - mean_c) * invstd_c
+                    xmu = x[a, c, b] - mean_c
                     dy_v = np.float64(dy[a, c, b])
-                    ddx_v = np.float64(ddx[a, c, b])
                     s_dy += dy_v
-                    s_dy_xhat += dy_v * xhat
-                    s_ddx += ddx_v
-                    s_ddx_xhat += ddx_v * xhat
-                    s_ddx_dy += ddx_v * dy_v
-                partial[k, c, 0] += s_dy
-                partial[k, c, 1] += s_dy_xhat
-                partial[k, c, 2] += s_ddx
-                partial[k, c, 3] += s_ddx_xhat
-                partial[k, c, 4] += s_ddx_dy
-    sums = np.zeros((C, 5))
+                    s_dy_xmu += dy_v * xmu
+                    if ddx is not None:
+                        ddx_v = np.float64(ddx[a, c, b])
+                        s_ddx += ddx_v
+                        s_ddx_xmu += ddx_v * xmu
+                        s_ddx_dy += ddx_v * dy_v
+            partial[k, 0, c] = s_dy
+            partial[k, 1, c] = s_dy_xmu
+            if ddx is not None:
+                partial[k, 2, c] = s_ddx
+                partial[k, 3, c] = s_ddx_xmu
+                partial[k, 4, c] = s_ddx_dy
+    sums = np.zeros((5, C))
     for k in range(nchunks):
-        sums += partial[k]
+        sums[: partial.shape[1]] += partial[k]
     return sums
 
 
-@_with_serial_twin
-@njit(**_PARALLEL)
-def normalize_affine(x, mean, scale, shift, out):
-    """out = (x - mean) * scale + shift, per channel; the subtraction is done in float64."""
-    A, C, B = x.shape
-    for a in prange(A):
-        for c in range(C):
-            mean_c = mean[c]
-            scale_c = scale[c]
-            shift_c = shift[c]
-            for b in range(B):
-                out[a, c, b] = (x[a, c, b] - mean_c) * scale_c + shift_c
+@njit(cache=True, nogil=True)
+def _combine_value(x_v, mean_c, u, v, a, c, b, k_x, k_u, k_v, k_0):
+    """k_x*(x - mean) + k_u*u + k_v*v + k_0 at one element; a None ``u``/``v`` drops its term."""
+    value = k_x * (x_v - mean_c)
+    if u is not None:
+        value += k_u * u[a, c, b]
+    if v is not None:
+        value += k_v * v[a, c, b]
+    return value + k_0
 
 
-@_with_serial_twin
-@njit(**_PARALLEL)
-def combine(x, mean, u, v, k_x, k_u, k_v, k_0, out):
-    """out = k_x*(x - mean) + k_u*u + k_v*v + k_0, with per-channel (C,) float64 coefficients."""
+@_kernel()
+def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None):
+    """out = k_x*(x - mean) + k_u*u + k_v*v + k_0, with per-channel (C,) float64 coefficients.
+
+    ``u``/``v`` (arrays like ``x``) are optional: the forward is ``combine(x, mean, scale, beta, out)``,
+    the backward passes ``u=dy``. The subtraction ``x - mean`` is done in float64. Rows are
+    split over threads (channels-last) or (row, channel) runs (channels-first).
+    """
     A, C, B = x.shape
-    for a in prange(A):
-        for c in range(C):
+    if B == 1:
+        for a in prange(A):
+            for c in range(C):
+                out[a, c, 0] = _combine_value(x[a, c, 0], mean[c], u, v, a, c, 0, k_x[c],
+                                              0.0 if k_u is None else k_u[c],
+                                              0.0 if k_v is None else k_v[c], k_0[c])
+    else:
+        for ac in prange(A * C):
+            a = ac // C
+            c = ac - a * C
             mean_c = mean[c]
             kx = k_x[c]
-            ku = k_u[c]
-            kv = k_v[c]
+            ku = 0.0 if k_u is None else k_u[c]
+            kv = 0.0 if k_v is None else k_v[c]
             k0 = k_0[c]
             for b in range(B):
-                out[a, c, b] = kx * (x[a, c, b] - mean_c) + ku * u[a, c, b] + kv * v[a, c, b] + k0
+                out[a, c, b] = _combine_value(x[a, c, b], mean_c, u, v, a, c, b, kx, ku, kv, k0)

@@ -17,7 +17,8 @@ slice, say) is copied.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,40 +28,63 @@ class Layout:
     """How an array of ``shape`` maps onto the canonical ``(A, C, B)`` view.
 
     ``perm`` orders the axes by memory (slowest first); ``channel`` is the
-    position of the channel axis inside ``perm``.
+    position of the channel axis inside ``perm``. ``acb`` is derived once here:
+    these methods run on every call, so they stay free of NumPy reductions.
     """
 
     shape: tuple[int, ...]
     perm: tuple[int, ...]
     channel: int
+    acb: tuple[int, int, int] = field(init=False, repr=False, compare=False)
+    _identity: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def acb(self) -> tuple[int, int, int]:
+    def __post_init__(self):
         dims = [self.shape[p] for p in self.perm]
-        a = int(np.prod(dims[: self.channel], dtype=np.int64))
-        b = int(np.prod(dims[self.channel + 1 :], dtype=np.int64))
-        return a, dims[self.channel], b
+        acb = (math.prod(dims[: self.channel]), dims[self.channel], math.prod(dims[self.channel + 1 :]))
+        object.__setattr__(self, "acb", acb)
+        object.__setattr__(self, "_identity", self.perm == tuple(range(len(self.perm))))
+
+    def _permuted(self, arr: np.ndarray) -> np.ndarray:
+        return arr if self._identity else arr.transpose(self.perm)
 
     def view(self, arr: np.ndarray) -> np.ndarray:
         """The ``(A, C, B)`` C-contiguous view of ``arr`` (a copy only if unavoidable)."""
-        permuted = arr.transpose(self.perm)
+        permuted = self._permuted(arr)
         if not permuted.flags.c_contiguous:
             permuted = np.ascontiguousarray(permuted)
         return permuted.reshape(self.acb)
 
     def is_view_of(self, arr: np.ndarray) -> bool:
         """True when :meth:`view` of ``arr`` shares its memory (writes land in ``arr``)."""
-        return arr.transpose(self.perm).flags.c_contiguous
+        return self._permuted(arr).flags.c_contiguous
 
     def empty(self, dtype) -> tuple[np.ndarray, np.ndarray]:
         """A new array of ``shape`` laid out like the input, and its ``(A, C, B)`` view."""
-        dims = tuple(self.shape[p] for p in self.perm)
-        canonical = np.empty(dims, dtype=dtype)
+        if self._identity:
+            canonical = np.empty(self.shape, dtype=dtype)
+            return canonical, canonical.reshape(self.acb)
+        canonical = np.empty(tuple(self.shape[p] for p in self.perm), dtype=dtype)
         return canonical.transpose(np.argsort(self.perm)), canonical.reshape(self.acb)
+
+
+#: layouts already worked out, by (shape, strides, channel axis): a training loop calls with
+#: the same few arrays again and again, and this keeps per-call overhead in microseconds
+_CACHE: dict[tuple, Layout] = {}
+_CACHE_SIZE = 1024
 
 
 def layout_of(x: np.ndarray, channel_axis: int) -> Layout:
     """The layout that streams ``x`` in its own memory order (``channel_axis`` already normalized)."""
+    key = (x.shape, x.strides, channel_axis)
+    layout = _CACHE.get(key)
+    if layout is None:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        layout = _CACHE[key] = _memory_order_layout(x, channel_axis)
+    return layout
+
+
+def _memory_order_layout(x: np.ndarray, channel_axis: int) -> Layout:
     if x.ndim and x.size > 1 and not x.flags.c_contiguous:
         # Order axes by decreasing stride; ties (size-1 axes) keep their logical order.
         perm = tuple(sorted(range(x.ndim), key=lambda ax: (-abs(x.strides[ax]), ax)))

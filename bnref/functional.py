@@ -65,9 +65,18 @@ class _Prepared:
     def kernel(self, kernel):
         return _kernels.pick(kernel, self.x.size)
 
-    def sums(self, mean, invstd, dy3, ddx3):
-        nchunks, rows = _kernels.chunking(self.x3.shape[0])
-        return self.kernel(_kernels.channel_sums)(self.x3, mean, invstd, dy3, ddx3, rows, nchunks)
+    def sums(self, mean, invstd, dy3, ddx3=None):
+        """(5, C) float64 rows: sum dy, sum dy*xhat, sum ddx, sum ddx*xhat, sum ddx*dy.
+
+        Without ``ddx`` (the backward) only the first two rows are computed; the rest are 0.
+        """
+        nchunks, rows = _kernels.chunking(self.x3.shape[0], self.x3.size)
+        sums = self.kernel(_kernels.channel_sums)(self.x3, mean, dy3, ddx3, rows, nchunks)
+        # the kernel sums v*(x - mean); xhat = (x - mean)*invstd, so scale once per channel
+        sums[1] *= invstd
+        if ddx3 is not None:
+            sums[3] *= invstd
+        return sums
 
 
 def _invstd(var: np.ndarray, eps: float) -> np.ndarray:
@@ -75,7 +84,7 @@ def _invstd(var: np.ndarray, eps: float) -> np.ndarray:
 
 
 def _nonnegative(name: str, var: np.ndarray) -> np.ndarray:
-    if np.any(var < 0):
+    if (var < 0).any():
         raise ValueError(f"{name} must be >= 0 in every channel; got min {var.min()!r}")
     return var
 
@@ -90,9 +99,8 @@ def _local_moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
     if a * b == 0:
         return np.zeros(c), np.zeros(c)
     shift = x3[0, :, 0].astype(np.float64)  # a sample of each channel
-    nchunks, rows = _kernels.chunking(a)
-    rows_per_block = max(1, _kernels.BLOCK_ELEMENTS // max(1, c * b))
-    mean_shifted, m2 = prep.kernel(_kernels.channel_moments)(x3, shift, rows, nchunks, rows_per_block)
+    nchunks, rows = _kernels.chunking(a, x3.size)
+    mean_shifted, m2 = prep.kernel(_kernels.channel_moments)(x3, shift, rows, nchunks, _kernels.block_rows(c, b))
     return shift + mean_shifted, m2
 
 
@@ -115,7 +123,7 @@ def _dx(prep: _Prepared, dy3, gamma, mean, invstd, sum_dy, sum_dy_xhat, m: int, 
     k_xmu = -gamma_invstd * invstd * sum_dy_xhat / m     # term 3: xhat * sum(dy xhat)
     k_const = -gamma_invstd * sum_dy / m                 # term 2: sum(dy)
     dx, dx3, finish = prep.output(out)
-    prep.kernel(_kernels.combine)(prep.x3, mean, dy3, dy3, k_xmu, k_dy, np.zeros_like(k_dy), k_const, dx3)
+    prep.kernel(_kernels.combine)(prep.x3, mean, k_xmu, k_const, dx3, dy3, k_dy)
     return finish()
 
 
@@ -146,7 +154,7 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
     eps = _checks.eps_value(eps)
     mean, var = _moments(prep)
     y, y3, finish = prep.output(out)
-    prep.kernel(_kernels.normalize_affine)(prep.x3, mean, gamma * _invstd(var, eps), beta, y3)
+    prep.kernel(_kernels.combine)(prep.x3, mean, gamma * _invstd(var, eps), beta, y3)
     return finish(), mean, var
 
 
@@ -171,7 +179,7 @@ def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_ax
     running_var = _nonnegative("running_var", prep.vector("running_var", running_var, stats=True))
     eps = _checks.eps_value(eps)
     y, y3, finish = prep.output(out)
-    prep.kernel(_kernels.normalize_affine)(prep.x3, running_mean, gamma * _invstd(running_var, eps), beta, y3)
+    prep.kernel(_kernels.combine)(prep.x3, running_mean, gamma * _invstd(running_var, eps), beta, y3)
     return finish()
 
 
@@ -197,9 +205,9 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
     mean = prep.vector("mean", mean, stats=True)
     var = _nonnegative("var", prep.vector("var", var, stats=True))
     invstd = _invstd(var, _checks.eps_value(eps))
-    sums = prep.sums(mean, invstd, dy3, dy3)
-    _checks.finite_stats("sum(dy) or sum(dy * xhat)", sums[:, 0] + sums[:, 1], prep.axis)
-    sum_dy, sum_dy_xhat = sums[:, 0], sums[:, 1]
+    sums = prep.sums(mean, invstd, dy3)
+    sum_dy, sum_dy_xhat = sums[0], sums[1]
+    _checks.finite_stats("sum(dy) or sum(dy * xhat)", sum_dy + sum_dy_xhat, prep.axis)
     dx = _dx(prep, dy3, gamma, mean, invstd, sum_dy, sum_dy_xhat, prep.count, out)
     dtype = prep.x.dtype
     return dx, sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
@@ -219,12 +227,12 @@ def backward_eval(dy, x, gamma, running_mean, running_var, eps=1e-5, channel_axi
     running_mean = prep.vector("running_mean", running_mean, stats=True)
     running_var = _nonnegative("running_var", prep.vector("running_var", running_var, stats=True))
     invstd = _invstd(running_var, _checks.eps_value(eps))
-    sums = prep.sums(running_mean, invstd, dy3, dy3)
+    sums = prep.sums(running_mean, invstd, dy3)
     zeros = np.zeros_like(invstd)
     dx, dx3, finish = prep.output(out)
-    prep.kernel(_kernels.combine)(prep.x3, running_mean, dy3, dy3, zeros, gamma * invstd, zeros, zeros, dx3)
+    prep.kernel(_kernels.combine)(prep.x3, running_mean, zeros, zeros, dx3, dy3, gamma * invstd)
     dtype = prep.x.dtype
-    return finish(), sums[:, 1].astype(dtype), sums[:, 0].astype(dtype)
+    return finish(), sums[1].astype(dtype), sums[0].astype(dtype)
 
 
 def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, channel_axis=1):
@@ -261,16 +269,15 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     var = _nonnegative("var", prep.vector("var", var, stats=True))
     s = _invstd(var, _checks.eps_value(eps))
     sums = prep.sums(mean, s, dy3, ddx3)
-    _checks.finite_stats("the sums over dy and ddx", sums.sum(axis=1), prep.axis)
+    _checks.finite_stats("the sums over dy and ddx", sums.sum(axis=0), prep.axis)
     m = prep.count
-    mean_dy, P, mean_ddx, Q, R = sums[:, 0] / m, sums[:, 1], sums[:, 2] / m, sums[:, 3], sums[:, 4]
+    mean_dy, P, mean_ddx, Q, R = sums[0] / m, sums[1], sums[2] / m, sums[3], sums[4]
     g = gamma
     ggamma = s * (R - m * mean_dy * mean_ddx - P * Q / m)
     # gdy = g s ddx + (ddgamma s - g s^2 Q/m) (x - mean) + (ddbeta - g s M(ddx))
     gdy, gdy3, finish_gdy = prep.output(None)
-    zeros = np.zeros_like(s)
-    prep.kernel(_kernels.combine)(prep.x3, mean, ddx3, ddx3, ddgamma * s - g * s * s * Q / m, g * s, zeros,
-                     ddbeta - g * s * mean_ddx, gdy3)
+    prep.kernel(_kernels.combine)(prep.x3, mean, ddgamma * s - g * s * s * Q / m, ddbeta - g * s * mean_ddx, gdy3,
+                     ddx3, g * s)
     # gx, expanded in (x - mean), dy, ddx and a constant:
     c = g * s * s / m
     k_xmu = s * (c * (3 * P * Q / m - R + m * mean_dy * mean_ddx) - ddgamma * s * P / m)
@@ -278,7 +285,7 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     k_ddx = -c * P
     k_const = c * (Q * mean_dy + P * mean_ddx) - ddgamma * s * mean_dy
     gx, gx3, finish_gx = prep.output(None)
-    prep.kernel(_kernels.combine)(prep.x3, mean, dy3, ddx3, k_xmu, k_dy, k_ddx, k_const, gx3)
+    prep.kernel(_kernels.combine)(prep.x3, mean, k_xmu, k_const, gx3, dy3, k_dy, ddx3, k_ddx)
     return finish_gx(), ggamma.astype(prep.x.dtype), finish_gdy()
 
 

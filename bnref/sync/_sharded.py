@@ -153,7 +153,7 @@ def forward_train_sharded(xs, gamma, beta, eps=1e-5, channel_axis=1, *, comm: Co
     ys = []
     for prep in shards.preps:
         y, y3, finish = prep.output(None)
-        prep.kernel(_kernels.normalize_affine)(prep.x3, mean, scale, beta, y3)
+        prep.kernel(_kernels.combine)(prep.x3, mean, scale, beta, y3)
         ys.append(finish())
     return ys, mean, var
 
@@ -183,8 +183,8 @@ def backward_sharded(dys, xs, gamma, mean, var, eps=1e-5, channel_axis=1, *, com
         invstd = _invstd(var, _checks.eps_value(eps))
     parts = []
     for prep, dy3 in zip(shards.preps, dy3s):
-        sums = prep.sums(mean, invstd, dy3, dy3)
-        parts.append(np.stack([sums[:, 0], sums[:, 1], np.full_like(mean, prep.count)]))
+        sums = prep.sums(mean, invstd, dy3)
+        parts.append(np.stack([sums[0], sums[1], np.full_like(mean, prep.count)]))
     sum_dy, sum_dy_xhat, count = comm.allreduce_sum(parts)
     m = _global_count(count[0] if count.size else 0.0, shards.axis)
     _checks.finite_stats("sum(dy) or sum(dy * xhat) over the shards", sum_dy + sum_dy_xhat, shards.axis)

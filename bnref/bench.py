@@ -1,0 +1,548 @@
+r"""``bnref bench``: bnref, plain NumPy and PyTorch CPU side by side, in one process. Not a test.
+
+For every case (shape, memory layout, dtype, thread count) it measures the median time of
+repeated calls of
+
+* ``bnref`` -- :func:`bnref.forward_train` (fwd) and ``forward_train`` + :func:`bnref.backward`
+  (fwd+bwd), allocating fresh outputs, and again with ``out=`` buffers reused across calls;
+* ``numpy`` -- the textbook formulas in plain NumPy (:func:`numpy_forward`, :func:`numpy_backward`);
+* ``torch`` -- ``torch.nn.functional.batch_norm(training=True)`` under ``no_grad`` (fwd) and
+  forward + ``torch.autograd.grad`` (fwd+bwd), when torch is importable;
+
+and, at the same size and thread count, the machine's limits:
+
+* ``ceiling`` -- a Numba ``prange`` loop ``y = a*x + b`` over a same-size buffer (regular stores):
+  the streaming ceiling of a kernel that reads one array and writes another;
+* ``copy`` -- ``numpy.copyto`` of a same-size buffer (memcpy, one thread).
+
+Effective bandwidth uses the minimal-traffic model: a fused training forward must read x and
+write y (2|x| bytes), forward+backward at least 5|x| (x, y; x, dy, dx). All calls of a case,
+the limits included, are sampled round-robin, so a change of load hits them alike. Each row
+reports median (and min) ms, GB/s under that model, the fraction of the ceiling, the speed-up over torch
+(``torch_ms / ms``) and the peak extra memory of one call beyond the arrays it returns.
+A cold-start time (a fresh interpreter importing bnref and making its first calls, with
+Numba's on-disk cache warm) is measured in a subprocess.
+
+Threads: ``numba.set_num_threads`` and ``torch.set_num_threads`` get the same count;
+NumPy's elementwise ufuncs and reductions are single-threaded whatever the count
+(``threadpoolctl``, when installed, also pins its BLAS/OpenMP pools, which BN does not use).
+Numba (threading layer ``omp``) and PyTorch each bring an OpenMP runtime, whose idle threads
+spin after every parallel region by default; in one process the two sets of spinning threads
+take the cores from each other (measured under a load average of 9: bnref fwd+bwd on 32x256x28x28 channels-last 288 ms
+with spinning, 33 ms without). ``main`` therefore sets ``OMP_WAIT_POLICY=PASSIVE`` unless the
+environment already sets it, before either runtime starts.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import tracemalloc
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numba import njit, prange
+
+import bnref
+from bnref._progress import Progress
+
+EPS = 1e-5
+#: bytes moved per |x| under the minimal-traffic model
+TRAFFIC = {"fwd": 2, "fwd+bwd": 5}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark input: ``shape`` is logical (N, C, *spatial); ``layout`` is its memory order."""
+
+    shape: tuple[int, ...]
+    layout: str  # "NC", "NCHW" (channels-first) or "NHWC" (channels-last)
+    dtype: str
+
+    @property
+    def label(self) -> str:
+        return f"{'x'.join(map(str, self.shape))} {self.layout}"
+
+
+SHAPES = [((100, 784), "NC"), ((256, 4096), "NC"),
+          ((64, 64, 56, 56), "NCHW"), ((64, 64, 56, 56), "NHWC"),
+          ((32, 256, 28, 28), "NCHW"), ((32, 256, 28, 28), "NHWC")]
+QUICK_SHAPES = [((100, 784), "NC"), ((32, 256, 28, 28), "NCHW"), ((32, 256, 28, 28), "NHWC")]
+
+
+# ---------------------------------------------------------------- the plain NumPy implementation
+
+def numpy_forward(x, gamma, beta, eps, axis):
+    """Textbook training forward: returns (y, mean, invstd), statistics with keepdims."""
+    axes = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    invstd = 1.0 / np.sqrt(var + eps)
+    bshape = [1] * x.ndim
+    bshape[axis] = -1
+    return (x - mean) * invstd * gamma.reshape(bshape) + beta.reshape(bshape), mean, invstd
+
+
+def numpy_backward(dy, x, gamma, mean, invstd, axis):
+    """Textbook backward: dx = gamma*invstd*(dy - mean(dy) - xhat*mean(dy*xhat)), dgamma, dbeta."""
+    axes = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    m = x.size // x.shape[axis]
+    xhat = (x - mean) * invstd
+    dbeta = dy.sum(axis=axes, keepdims=True)
+    dgamma = (dy * xhat).sum(axis=axes, keepdims=True)
+    bshape = [1] * x.ndim
+    bshape[axis] = -1
+    dx = gamma.reshape(bshape) * invstd * (dy - dbeta / m - xhat * dgamma / m)
+    return dx, dgamma.ravel(), dbeta.ravel()
+
+
+# ---------------------------------------------------------------- the machine's limits
+
+@njit(cache=True, parallel=True, nogil=True)
+def _stream_affine(x, a, b, y):
+    """The streaming ceiling: y = a*x + b over flat buffers, regular stores."""
+    for i in prange(x.shape[0]):
+        y[i] = a * x[i] + b
+
+
+# ---------------------------------------------------------------- timing
+
+def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3) -> dict:
+    """Per key: (median, min) over ``repeats`` samples of one call's time in ms.
+
+    The calls are sampled round-robin (one sample of each, ``repeats`` times), so a change in the
+    machine's load while the case runs hits every implementation and the ceiling alike. Short
+    calls are batched so that a sample lasts at least ``min_sample_s``.
+    """
+    number = {}
+    for key, fn in calls.items():
+        fn()  # warm-up: compilation, first touch of reused buffers
+        start = time.perf_counter()
+        fn()
+        number[key] = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-9)))
+    samples: dict = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            start = time.perf_counter()
+            for _ in range(number[key]):
+                fn()
+            samples[key].append((time.perf_counter() - start) / number[key] * 1e3)
+    return {key: (float(np.median(v)), float(np.min(v))) for key, v in samples.items()}
+
+
+def peak_extra_bytes(fn) -> int:
+    """Peak bytes that NumPy allocates during one call (tracemalloc), beyond what the call returns
+    (the peak minus what is still allocated when the call has returned, i.e. its new outputs).
+
+    NumPy reports its data buffers to tracemalloc. Numba's kernel scratch (O(chunks*C) float64
+    partial sums) comes from Numba's runtime allocator, which tracemalloc does not see.
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = fn()  # noqa: F841 -- held so that the outputs count as "still allocated"
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return int(peak - held)
+
+
+# ---------------------------------------------------------------- inputs and implementations
+
+def make_inputs(case: Case, seed: int = 0) -> dict:
+    """x, dy (in the case's memory layout), gamma, beta and the channel axis for bnref/NumPy."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(case.dtype)
+    channels = case.shape[1]
+    x = (rng.standard_normal(case.shape, dtype=np.float32) * 2 + 0.5).astype(dtype)
+    dy = rng.standard_normal(case.shape, dtype=np.float32).astype(dtype)
+    axis = 1
+    if case.layout == "NHWC":  # store channels last; bnref and NumPy see (N, H, W, C), axis -1
+        x, dy, axis = np.ascontiguousarray(np.moveaxis(x, 1, -1)), np.ascontiguousarray(np.moveaxis(dy, 1, -1)), -1
+    gamma = (1 + 0.1 * rng.standard_normal(channels)).astype(dtype)
+    beta = (0.1 * rng.standard_normal(channels)).astype(dtype)
+    return dict(x=x, dy=dy, gamma=gamma, beta=beta, axis=axis)
+
+
+def bnref_calls(inp: dict) -> dict:
+    """op name -> zero-argument callable returning the call's outputs."""
+    x, dy, gamma, beta, axis = inp["x"], inp["dy"], inp["gamma"], inp["beta"], inp["axis"]
+    y_buf, dx_buf = np.empty_like(x), np.empty_like(x)
+
+    def fwd_bwd(out_y=None, out_dx=None):
+        y, mean, var = bnref.forward_train(x, gamma, beta, EPS, axis, out=out_y)
+        return (y, mean, var), bnref.backward(dy, x, gamma, mean, var, EPS, axis, out=out_dx)
+
+    return {
+        ("bnref", "fwd"): lambda: bnref.forward_train(x, gamma, beta, EPS, axis),
+        ("bnref", "fwd+bwd"): fwd_bwd,
+        ("bnref out=", "fwd"): lambda: bnref.forward_train(x, gamma, beta, EPS, axis, out=y_buf),
+        ("bnref out=", "fwd+bwd"): lambda: fwd_bwd(y_buf, dx_buf),
+    }
+
+
+def numpy_calls(inp: dict) -> dict:
+    x, dy, gamma, beta, axis = inp["x"], inp["dy"], inp["gamma"], inp["beta"], inp["axis"]
+
+    def fwd_bwd():
+        y, mean, invstd = numpy_forward(x, gamma, beta, EPS, axis)
+        return y, numpy_backward(dy, x, gamma, mean, invstd, axis)
+
+    return {("numpy", "fwd"): lambda: numpy_forward(x, gamma, beta, EPS, axis), ("numpy", "fwd+bwd"): fwd_bwd}
+
+
+def torch_calls(torch, inp: dict) -> dict:
+    """PyTorch on the same memory (channels-last: a logical NCHW tensor in channels_last format)."""
+    F = torch.nn.functional
+    x, dy = torch.from_numpy(inp["x"]), torch.from_numpy(inp["dy"])
+    if inp["axis"] == -1:  # (N, H, W, C) memory -> NCHW view with channels_last strides, no copy
+        x, dy = x.permute(0, 3, 1, 2), dy.permute(0, 3, 1, 2)
+        assert x.is_contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.from_numpy(inp["gamma"]), torch.from_numpy(inp["beta"])
+    # clone() preserves strides, so x_req keeps x's memory format
+    x_req, gamma_req, beta_req = (t.detach().clone().requires_grad_(True) for t in (x, gamma, beta))
+
+    def fwd():
+        with torch.no_grad():
+            return F.batch_norm(x, None, None, gamma, beta, training=True, eps=EPS)
+
+    def fwd_bwd():
+        y = F.batch_norm(x_req, None, None, gamma_req, beta_req, training=True, eps=EPS)
+        return y, torch.autograd.grad(y, (x_req, gamma_req, beta_req), dy)
+
+    return {("torch", "fwd"): fwd, ("torch", "fwd+bwd"): fwd_bwd}
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class Row:
+    case: str
+    dtype: str
+    threads: int
+    impl: str
+    op: str
+    ms: float  # median
+    ms_min: float
+    gbps: float
+    frac_ceiling: float
+    vs_torch: float | None
+    extra_bytes: int | None
+    ceiling_gbps: float
+    copy_gbps: float
+    load: float = float("nan")  # 1-minute load average when the case finished (other processes)
+
+    def cells(self) -> tuple[str, str, str]:
+        """(vs torch, extra MB, % ceiling) as shown in the text and Markdown tables."""
+        return ("" if self.vs_torch is None else f"{self.vs_torch:.2f}x",
+                "" if self.extra_bytes is None else f"{self.extra_bytes / 1e6:.2f}",
+                f"{100 * self.frac_ceiling:.0f}%")
+
+
+def set_threads(n: int, torch=None):
+    """Pin numba, torch and (if installed) threadpoolctl's pools to ``n`` threads; returns a limiter."""
+    import numba
+
+    numba.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=n)
+
+
+def limit_calls(nbytes: int, dtype) -> dict:
+    """The machine's limits at this size: the streaming ceiling and memcpy (see the module docstring)."""
+    n = nbytes // np.dtype(dtype).itemsize
+    src = np.random.default_rng(1).standard_normal(n).astype(dtype)
+    dst = np.empty_like(src)
+    a, b = np.dtype(dtype).type(1.5), np.dtype(dtype).type(0.25)
+    return {("ceiling", "stream"): lambda: _stream_affine(src, a, b, dst),
+            ("copy", "copy"): lambda: np.copyto(dst, src)}
+
+
+def cold_start(repeats: int = 3) -> dict:
+    """Fresh interpreter: seconds to import bnref, then to run forward_train + backward once.
+
+    Run once untimed first so Numba's on-disk cache is warm (the state after installation
+    and one use); the median of ``repeats`` timed runs is reported.
+    """
+    code = (
+        "import time, json; t0 = time.perf_counter(); import bnref, numpy as np; t1 = time.perf_counter()\n"
+        "x = np.random.default_rng(0).standard_normal((100, 784)).astype(np.float32)\n"
+        "g = np.ones(784, np.float32); b = np.zeros(784, np.float32); t2 = time.perf_counter()\n"
+        "y, m, v = bnref.forward_train(x, g, b); bnref.backward(x, x, g, m, v); t3 = time.perf_counter()\n"
+        "print(json.dumps({'import_s': t1 - t0, 'first_call_s': t3 - t2}))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bnref.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    runs = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        wall = time.perf_counter() - start
+        if i:
+            runs.append(dict(json.loads(proc.stdout.strip().splitlines()[-1]), process_s=wall))
+    return {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+
+
+def run(cases: list[Case], threads: list[int], repeats: int, use_torch: bool, memory: bool,
+        progress: bool = True) -> list[Row]:
+    torch = None
+    if use_torch:
+        try:
+            import torch
+        except ImportError:
+            print("bnref bench: torch is not importable; skipping the PyTorch rows", file=sys.stderr)
+    impls = 3 + (1 if torch else 0)
+    rows: list[Row] = []
+    with Progress(len(cases) * len(threads), "bnref bench", unit="case", enabled=progress) as bar:
+        for n_threads in threads:
+            limiter = set_threads(n_threads, torch)
+            try:
+                for case in cases:
+                    rows += _run_case(case, n_threads, repeats, torch, memory)
+                    last = {r.impl: r for r in rows[-2 * impls:] if r.op == "fwd+bwd"}
+                    bar.update(1, case=f"{case.label} {case.dtype} t{n_threads}",
+                               **{f"{k.split()[0]}_ms": round(v.ms, 3) for k, v in last.items() if k != "bnref out="})
+            finally:
+                if limiter is not None:
+                    limiter.restore_original_limits()
+    return rows
+
+
+def _run_case(case: Case, n_threads: int, repeats: int, torch, memory: bool) -> list[Row]:
+    inp = make_inputs(case)
+    nbytes = inp["x"].nbytes
+    calls = {**bnref_calls(inp), **numpy_calls(inp)}
+    if torch is not None:
+        calls.update(torch_calls(torch, inp))
+    times = sample_ms({**calls, **limit_calls(nbytes, case.dtype)}, repeats)
+    # both limits count one read and one write of |x|
+    ceiling = 2 * nbytes / times.pop(("ceiling", "stream"))[0] / 1e6
+    copy = 2 * nbytes / times.pop(("copy", "copy"))[0] / 1e6
+    rows = []
+    for (impl, op), (ms, ms_min) in times.items():
+        gbps = TRAFFIC[op] * nbytes / ms / 1e6
+        torch_ms = times.get(("torch", op), (None,))[0]
+        extra = peak_extra_bytes(calls[(impl, op)]) if memory and impl != "torch" else None
+        rows.append(Row(case.label, case.dtype, n_threads, impl, op, ms, ms_min, gbps, gbps / ceiling,
+                        None if torch_ms is None else torch_ms / ms, extra, ceiling, copy, os.getloadavg()[0]))
+    return rows
+
+
+# ---------------------------------------------------------------- reporting
+
+def format_table(rows: list[Row]) -> str:
+    head = (f"{'case':<20} {'dtype':<7} {'thr':>3} {'impl':<10} {'op':<7} {'ms':>9} {'min ms':>9} {'GB/s':>6} "
+            f"{'%ceil':>6} {'vs torch':>8} {'extra MB':>9} {'ceil GB/s':>9} {'copy GB/s':>9} {'load':>5}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        vs, extra, pct = r.cells()
+        lines.append(f"{r.case:<20} {r.dtype:<7} {r.threads:>3} {r.impl:<10} {r.op:<7} {r.ms:>9.3f} {r.ms_min:>9.3f} "
+                     f"{r.gbps:>6.1f} {pct:>6} {vs:>8} {extra:>9} "
+                     f"{r.ceiling_gbps:>9.1f} {r.copy_gbps:>9.1f} {r.load:>5.1f}")
+    return "\n".join(lines)
+
+
+def markdown_summary(rows: list[Row], threads: int, dtype: str = "float32") -> str:
+    """The acceptance view: per case, bnref vs torch (fresh outputs) and out= against the ceiling."""
+    sel = {(r.case, r.impl, r.op): r for r in rows if r.threads == threads and r.dtype == dtype}
+    cases = list(dict.fromkeys(case for case, _, _ in sel))
+    out = [f"| case ({dtype}, {threads} thread(s)) | fwd ms bnref / torch | fwd vs torch | fwd+bwd ms bnref / torch "
+           "| fwd+bwd vs torch | out= fwd % ceiling | out= fwd+bwd % ceiling | ceiling GB/s | load |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for case in cases:
+        cells = [case]
+        for op in ("fwd", "fwd+bwd"):
+            mine, theirs = sel.get((case, "bnref", op)), sel.get((case, "torch", op))
+            cells.append(f"{mine.ms:.3f} / {theirs.ms:.3f}" if mine and theirs else "")
+            cells.append(f"{mine.vs_torch:.2f}x" if mine and mine.vs_torch is not None else "")
+        for op in ("fwd", "fwd+bwd"):
+            r = sel.get((case, "bnref out=", op))
+            cells.append(f"{100 * r.frac_ceiling:.0f}%" if r else "")
+        any_row = sel[next(key for key in sel if key[0] == case)]
+        cells += [f"{any_row.ceiling_gbps:.1f}", f"{any_row.load:.1f}"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """One Markdown table per (dtype, threads): ms, GB/s and speed-up over torch for every impl."""
+    out = []
+    for dtype in dict.fromkeys(r.dtype for r in rows):
+        for threads in sorted({r.threads for r in rows}):
+            sel = [r for r in rows if r.dtype == dtype and r.threads == threads]
+            if not sel:
+                continue
+            out += [f"**{dtype}, {threads} thread(s)**", "",
+                    "| case | op | impl | median ms | min ms | GB/s | % ceiling | vs torch | extra MB | ceiling GB/s "
+                    "| copy GB/s | load |",
+                    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in sel:
+                vs, extra, pct = r.cells()
+                out.append(f"| {r.case} | {r.op} | {r.impl} | {r.ms:.3f} | {r.ms_min:.3f} | {r.gbps:.1f} | "
+                           f"{pct} | {vs} | {extra} | {r.ceiling_gbps:.1f} | "
+                           f"{r.copy_gbps:.1f} | {r.load:.1f} |")
+            out.append("")
+    return "\n".join(out)
+
+
+def acceptance(rows: list[Row], threads: int) -> list[str]:
+    """Issue 6's criteria at ``threads``: >= 1.2x torch (float32, fresh outputs) and >= 60% of the
+    ceiling with out= on the large 4-D shapes."""
+    lines = []
+    for r in rows:
+        if r.threads != threads or r.dtype != "float32":
+            continue
+        if r.impl == "bnref" and r.vs_torch is not None:
+            ok = "ok  " if r.vs_torch >= 1.2 else "MISS"
+            lines.append(f"{ok} {r.case:<20} {r.op:<7} {r.vs_torch:.2f}x torch (need >= 1.2x)")
+        if r.impl == "bnref out=" and r.case.startswith(("64x64x56x56", "32x256x28x28")):
+            ok = "ok  " if r.frac_ceiling >= 0.6 else "MISS"
+            lines.append(f"{ok} {r.case:<20} {r.op:<7} out= {100 * r.frac_ceiling:.0f}% of the ceiling "
+                         f"{r.ceiling_gbps:.1f} GB/s (need >= 60%)")
+    return lines
+
+
+def plot(rows: list[Row], path: str, threads: int, dtype: str = "float32") -> None:
+    """Grouped bars of GB/s (minimal-traffic model) per case, fwd and fwd+bwd, with the ceiling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if r.threads == threads and r.dtype == dtype]
+    cases = list(dict.fromkeys(r.case for r in sel))
+    impls = list(dict.fromkeys(r.impl for r in sel))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    width = 0.8 / len(impls)
+    for ax, op in zip(axes, ("fwd", "fwd+bwd")):
+        for i, impl in enumerate(impls):
+            values = [next((r.gbps for r in sel if r.case == c and r.impl == impl and r.op == op), 0.0)
+                      for c in cases]
+            ax.bar(np.arange(len(cases)) + (i - (len(impls) - 1) / 2) * width, values, width, label=impl)
+        ceilings = [next(r.ceiling_gbps for r in sel if r.case == c) for c in cases]
+        ax.scatter(np.arange(len(cases)), ceilings, marker="_", s=900, color="k", label="ceiling (y=a*x+b)")
+        ax.set_xticks(np.arange(len(cases)), cases, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{op}, {dtype}, {threads} thread(s)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(f"GB/s (minimal traffic: fwd 2|x|, fwd+bwd 5|x|)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 1,2; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be >= 1; got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    # before torch is imported and before Numba starts its thread pool (see the module docstring)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import numba
+
+    parser = argparse.ArgumentParser(prog="bnref bench", description=__doc__.splitlines()[0].strip("`"))
+    parser.add_argument("--json", metavar="FILE", help="save the table, machine and cold start as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="save the table as Markdown (for the docs)")
+    parser.add_argument("--plot", metavar="PNG", help="save a bar chart (needs matplotlib)")
+    parser.add_argument("--quick", action="store_true", help="a fast subset: 3 shapes, float32, 3 repeats")
+    parser.add_argument("--threads", type=_int_list, default=None,
+                        help=f"comma-separated thread counts (default 1,{numba.config.NUMBA_NUM_THREADS})")
+    parser.add_argument("--dtypes", default=None, help="comma-separated, default float32,float64")
+    parser.add_argument("--repeats", type=int, default=None, help="timed samples per measurement (default 7)")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="measure nothing: re-render a saved --json run (table, --markdown, --plot)")
+    parser.add_argument("--only", metavar="TEXT,...",
+                        help="keep only cases whose label contains one of these, e.g. '56x56 NHWC,100x784'")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc peak-memory pass")
+    parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess")
+    args = parser.parse_args(argv)
+
+    if args.from_json:
+        with open(args.from_json) as fh:
+            saved = json.load(fh)
+        return _report([Row(**r) for r in saved["rows"]], saved.get("cold_start"), args)
+    max_threads = numba.config.NUMBA_NUM_THREADS
+    threads = args.threads or sorted({1, max_threads})
+    if max(threads) > max_threads:
+        parser.error(f"--threads: Numba was started with {max_threads} threads (NUMBA_NUM_THREADS)")
+    dtypes = (args.dtypes or ("float32" if args.quick else "float32,float64")).split(",")
+    for dtype in dtypes:
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            parser.error(f"--dtypes: {dtype!r} is not float32 or float64")
+    repeats = args.repeats or (3 if args.quick else 7)
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    cases = [Case(shape, layout, dtype) for dtype in dtypes for shape, layout in shapes]
+    if args.only:
+        labels = list(dict.fromkeys(c.label for c in cases))
+        cases = [c for c in cases if any(part in c.label for part in args.only.split(","))]
+        if not cases:
+            parser.error(f"--only {args.only!r} matches none of {labels}")
+
+    load = os.getloadavg()[0]
+    print(f"bnref bench: {len(cases)} cases x threads {threads}, {repeats} repeats, "
+          f"load average {load:.2f} on {os.cpu_count()} CPUs", file=sys.stderr)
+    rows = run(cases, threads, repeats, not args.no_torch, not args.no_memory)
+    cold = None if args.no_cold_start else cold_start()
+    if args.json:
+        meta = dict(python=platform.python_version(), numpy=np.__version__, numba=numba.__version__,
+                    bnref=bnref.__version__, machine=platform.machine(), processor=_cpu_name(),
+                    cpus=os.cpu_count(), load_average_start=load, load_average_end=os.getloadavg()[0],
+                    repeats=repeats, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                    threading_layer=numba.threading_layer())
+        try:
+            import torch
+
+            meta["torch"] = torch.__version__
+        except ImportError:
+            pass
+        with open(args.json, "w") as fh:
+            json.dump(dict(meta=meta, rows=[asdict(r) for r in rows], cold_start=cold), fh, indent=1)
+    return _report(rows, cold, args)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
+
+
+def _report(rows: list[Row], cold: dict | None, args) -> int:
+    threads = max(r.threads for r in rows)
+    print(format_table(rows))
+    print()
+    print(f"acceptance (issue 6) at {threads} thread(s):")
+    print("\n".join(acceptance(rows, threads)))
+    if cold:
+        print(f"\ncold start (warm on-disk cache): import bnref {cold['import_s']:.2f} s, first "
+              f"forward_train + backward {cold['first_call_s']:.2f} s, whole process {cold['process_s']:.2f} s")
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(markdown_summary(rows, threads) + "\n" + markdown_table(rows))
+    if args.plot:
+        plot(rows, args.plot, threads)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The benchmark measures like with like: its baselines compute batch norm, its memory probe sees
+allocations, and bnref allocates nothing full-size beyond its outputs. No timing here."""
+import numpy as np
+import pytest
+
+import bnref
+from bnref import _kernels, bench
+
+
+def _case(layout, dtype="float64", shape=(6, 5, 4, 3)):
+    return bench.make_inputs(bench.Case(shape, layout, dtype), seed=3)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_numpy_baseline_is_batch_norm(layout):
+    """The plain-NumPy baseline agrees with bnref (forward and backward), so the ratios compare equals."""
+    inp = _case(layout)
+    x, dy, gamma, beta, axis = inp["x"], inp["dy"], inp["gamma"], inp["beta"], inp["axis"]
+    y, mean, var = bnref.forward_train(x, gamma, beta, bench.EPS, axis)
+    y_np, mean_np, invstd_np = bench.numpy_forward(x, gamma, beta, bench.EPS, axis)
+    np.testing.assert_allclose(y_np, y, rtol=1e-12, atol=1e-12)
+    dx, dgamma, dbeta = bnref.backward(dy, x, gamma, mean, var, bench.EPS, axis)
+    dx_np, dgamma_np, dbeta_np = bench.numpy_backward(dy, x, gamma, mean_np, invstd_np, axis)
+    np.testing.assert_allclose(dx_np, dx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dgamma_np, dgamma, rtol=1e-12)
+    np.testing.assert_allclose(dbeta_np, dbeta, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_rows_run_the_same_batch_norm_in_channels_last():
+    """torch sees the same numbers, as a logical NCHW tensor stored channels_last (no copy)."""
+    torch = pytest.importorskip("torch")
+    inp = _case("NHWC", "float32")
+    calls = bench.torch_calls(torch, inp)
+    y_torch = calls[("torch", "fwd")]()
+    assert y_torch.is_contiguous(memory_format=torch.channels_last)
+    y = bnref.forward_train(inp["x"], inp["gamma"], inp["beta"], bench.EPS, -1)[0]
+    np.testing.assert_allclose(y_torch.permute(0, 2, 3, 1).numpy(), y, rtol=1e-4, atol=1e-5)
+
+
+def test_peak_extra_bytes_counts_temporaries_not_outputs():
+    big = 1 << 20
+
+    def temporary():
+        return float(np.ones(big).sum())  # 8 MB freed before returning
+
+    def output():
+        return np.ones(big)  # 8 MB handed to the caller
+
+    assert bench.peak_extra_bytes(temporary) >= 8 * big
+    assert bench.peak_extra_bytes(output) < big // 8
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_bnref_allocates_its_outputs_plus_O_of_C(layout):
+    """Issue 6: no full-size temporaries in forward or backward, and none at all with out=."""
+    inp = _case(layout, "float32", shape=(16, 8, 32, 32))  # 512 KiB per array
+    channels = 8
+    # per-chunk partial sums (at most MAX_CHUNKS x 5 x C float64), a few (C,) vectors, bookkeeping
+    bound = (_kernels.MAX_CHUNKS * 5 + 16) * channels * 8 + 64 * 1024
+    calls = bench.bnref_calls(inp)
+    for key in [("bnref", "fwd"), ("bnref", "fwd+bwd"), ("bnref out=", "fwd"), ("bnref out=", "fwd+bwd")]:
+        calls[key]()  # compile outside the measurement
+        extra = bench.peak_extra_bytes(calls[key])
+        assert extra <= bound, f"{key} allocated {extra} bytes beyond its outputs (bound {bound})"
+
+
+def test_acceptance_flags_misses():
+    def row(impl, op, vs, frac, case="64x64x56x56 NCHW"):
+        return bench.Row(case, "float32", 2, impl, op, 1.0, 0.9, 10.0, frac, vs, 0, 20.0, 30.0)
+
+    lines = bench.acceptance([row("bnref", "fwd", 1.5, 0.4), row("bnref", "fwd+bwd", 1.1, 0.4),
+                              row("bnref out=", "fwd+bwd", 1.5, 0.7), row("bnref out=", "fwd", 1.5, 0.5)], 2)
+    assert [line.split()[0] for line in lines] == ["ok", "MISS", "ok", "MISS"]
