@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba
 
-    parser = argparse.ArgumentParser(prog="bnref bench", description=__doc__.splitlines()[0].strip("`"))
+    parser = argparse.ArgumentParser(prog="bnref bench", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--json", metavar="FILE", help="save the table, machine and cold start as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="save the table as Markdown (for the docs)")
     parser.add_argument("--plot", metavar="PNG", help="save a bar chart (needs matplotlib)")
