@@ -37,8 +37,16 @@ from numba import njit, prange
 BLOCK_ELEMENTS = 1 << 15
 #: the reduction over A is split into at most this many chunks, whatever the thread count
 MAX_CHUNKS = 16
-#: ... each of at least this many elements (unless there is only one)
+#: ... each of at least this many rows (unless there is only one): the statistics pass reads
+#: that many rows at once (see :func:`_runs_shifted_sum`)
+ROWS_IN_FLIGHT = 4
+#: ... and of at least this many elements (unless there is only one)
 CHUNK_MIN_ELEMENTS = 1 << 15
+#: channels-last kernels split the channels into tiles of at most this many, so that a tile's
+#: float64 accumulators (a few x 4 KB) stay in L1 while rows stream through
+CHANNEL_TILE = 512
+#: :func:`combine` hands out work in blocks of about this many elements (whole rows or runs)
+COMBINE_BLOCK_ELEMENTS = 1 << 14
 #: below this many elements a kernel runs single-threaded: waking threads costs more than the
 #: work, and on a loaded machine (pytest -n auto) parallel regions on tiny arrays stall badly
 PARALLEL_MIN_ELEMENTS = 1 << 17
@@ -90,7 +98,7 @@ def chunking(a: int, size: int | None = None) -> tuple[int, int]:
     ``size`` is given, no chunk under :data:`CHUNK_MIN_ELEMENTS`, so small inputs skip partials
     they do not need.
     """
-    nchunks = max(1, min(a, MAX_CHUNKS))
+    nchunks = max(1, min(a // ROWS_IN_FLIGHT, MAX_CHUNKS))
     if size is not None:
         nchunks = max(1, min(nchunks, size // CHUNK_MIN_ELEMENTS))
     return nchunks, -(-a // nchunks) if a else 0
@@ -98,8 +106,17 @@ def chunking(a: int, size: int | None = None) -> tuple[int, int]:
 
 def block_rows(channels: int, b: int) -> int:
     """Rows per statistics block: about :data:`BLOCK_ELEMENTS` values of one channel
-    (channels-first, runs of ``b``) or of all channels (channels-last, ``b == 1``)."""
-    return max(1, BLOCK_ELEMENTS // max(1, channels if b == 1 else b))
+    (channels-first, runs of ``b``) or of one tile of channels (channels-last, ``b == 1``)."""
+    return max(1, BLOCK_ELEMENTS // max(1, min(channels, CHANNEL_TILE) if b == 1 else b))
+
+
+@njit(cache=True, nogil=True)
+def _tile(kt, ntiles, C):
+    """Work item ``kt`` of the channels-last split into (chunk, channel tile): k, t, c0, c1."""
+    k = kt // ntiles
+    t = kt - k * ntiles
+    c0 = t * CHANNEL_TILE
+    return k, t, c0, min(C, c0 + CHANNEL_TILE)
 
 
 @njit(cache=True, nogil=True)
@@ -135,6 +152,100 @@ def _chan_merge(mean, m2, mean_other, m2_other, w_other, w_cross):
     return mean + delta * w_other, m2 + m2_other + delta * delta * w_cross
 
 
+# The statistics pass reads memory that no earlier pass has touched, and one stream of loads per
+# thread cannot cover the memory latency (measured on (64, 64, 56, 56) float32, x evicted from
+# cache: 15 GB/s for one stream per thread, 30 GB/s for the two of the backward's sums). So the
+# block helpers below keep four streams in flight: four rows of a channel (channels-first), or
+# the four quarters of a block of rows (channels-last). The adds stay in float64, in a fixed
+# order that depends on the shape only.
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _runs_shifted_sum(x, c, s, e, shift_c):
+    """sum over rows s..e-1 and all b of (x[a, c, b] - shift_c), four rows (runs) at a time."""
+    total = 0.0
+    a = s
+    while a + 4 <= e:
+        r0, r1, r2, r3 = x[a, c], x[a + 1, c], x[a + 2, c], x[a + 3, c]
+        for b in range(r0.shape[0]):
+            total += ((r0[b] - shift_c) + (r1[b] - shift_c)) + ((r2[b] - shift_c) + (r3[b] - shift_c))
+        a += 4
+    while a < e:
+        r0 = x[a, c]
+        for b in range(r0.shape[0]):
+            total += r0[b] - shift_c
+        a += 1
+    return total
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _runs_shifted_m2(x, c, s, e, shift_c, block_mean):
+    """sum over rows s..e-1 and all b of ((x[a, c, b] - shift_c) - block_mean)^2, four rows at a time."""
+    total = 0.0
+    a = s
+    while a + 4 <= e:
+        r0, r1, r2, r3 = x[a, c], x[a + 1, c], x[a + 2, c], x[a + 3, c]
+        for b in range(r0.shape[0]):
+            d0 = (r0[b] - shift_c) - block_mean
+            d1 = (r1[b] - shift_c) - block_mean
+            d2 = (r2[b] - shift_c) - block_mean
+            d3 = (r3[b] - shift_c) - block_mean
+            total += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        a += 4
+    while a < e:
+        r0 = x[a, c]
+        for b in range(r0.shape[0]):
+            d = (r0[b] - shift_c) - block_mean
+            total += d * d
+        a += 1
+    return total
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _rows_shifted_sum(xf, C, c0, c1, s, e, shift, acc):
+    """acc += sum over rows s..e-1 of (x[a, c0:c1] - shift[c0:c1]), for a tile of the flat
+    channels-last ``xf``: the four quarters of the rows at a time, then the rows left over."""
+    w = c1 - c0
+    sh = shift[c0:c1]
+    q = (e - s) // 4
+    for i in range(q):
+        p = (s + i) * C + c0
+        r0, r1 = xf[p: p + w], xf[p + q * C: p + q * C + w]
+        r2, r3 = xf[p + 2 * q * C: p + 2 * q * C + w], xf[p + 3 * q * C: p + 3 * q * C + w]
+        for j in range(w):
+            sc = sh[j]
+            acc[j] += ((r0[j] - sc) + (r1[j] - sc)) + ((r2[j] - sc) + (r3[j] - sc))
+    for a in range(s + 4 * q, e):
+        r0 = xf[a * C + c0: a * C + c1]
+        for j in range(w):
+            acc[j] += r0[j] - sh[j]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _rows_shifted_m2(xf, C, c0, c1, s, e, shift, block_mean, acc):
+    """acc += sum over rows s..e-1 of ((x[a, c0:c1] - shift[c0:c1]) - block_mean)^2
+    (the second pass of a block, in the order of :func:`_rows_shifted_sum`)."""
+    w = c1 - c0
+    sh = shift[c0:c1]
+    q = (e - s) // 4
+    for i in range(q):
+        p = (s + i) * C + c0
+        r0, r1 = xf[p: p + w], xf[p + q * C: p + q * C + w]
+        r2, r3 = xf[p + 2 * q * C: p + 2 * q * C + w], xf[p + 3 * q * C: p + 3 * q * C + w]
+        for j in range(w):
+            sc = sh[j]
+            bm = block_mean[j]
+            d0 = (r0[j] - sc) - bm
+            d1 = (r1[j] - sc) - bm
+            d2 = (r2[j] - sc) - bm
+            d3 = (r3[j] - sc) - bm
+            acc[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for a in range(s + 4 * q, e):
+        r0 = xf[a * C + c0: a * C + c1]
+        for j in range(w):
+            d = (r0[j] - sh[j]) - block_mean[j]
+            acc[j] += d * d
+
+
 @_kernel(reassoc=True)
 def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
     """Per-channel mean and M2 of ``x`` (A, C, B) about ``shift`` (C,), both float64 (C,).
@@ -150,30 +261,29 @@ def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
     chunk_mean = np.zeros((nchunks, C))
     chunk_m2 = np.zeros((nchunks, C))
     if B == 1:
-        for k in prange(nchunks):
+        xf = x.reshape(A * C)
+        ntiles = -(-C // CHANNEL_TILE)
+        for kt in prange(nchunks * ntiles):
+            k, t, c0, c1 = _tile(kt, ntiles, C)
             a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
-            block_mean = np.empty(C)
-            block_m2 = np.empty(C)
+            block_mean = np.empty(c1 - c0)
+            block_m2 = np.empty(c1 - c0)
             n = 0.0
             for s in range(a_start, a_stop, rows_per_block):
                 e = min(a_stop, s + rows_per_block)
                 n_block = float(e - s)
                 block_mean[:] = 0.0  # the block's sum, then its mean
                 block_m2[:] = 0.0
-                for a in range(s, e):
-                    for c in range(C):
-                        block_mean[c] += x[a, c, 0] - shift[c]
+                _rows_shifted_sum(xf, C, c0, c1, s, e, shift, block_mean)
                 block_mean /= n_block
-                for a in range(s, e):
-                    for c in range(C):
-                        d = (x[a, c, 0] - shift[c]) - block_mean[c]
-                        block_m2[c] += d * d
+                _rows_shifted_m2(xf, C, c0, c1, s, e, shift, block_mean, block_m2)
                 w_other, w_cross = _merge_weights(n, n_block)
-                for c in range(C):
+                for c in range(c0, c1):
                     chunk_mean[k, c], chunk_m2[k, c] = _chan_merge(
-                        chunk_mean[k, c], chunk_m2[k, c], block_mean[c], block_m2[c], w_other, w_cross)
+                        chunk_mean[k, c], chunk_m2[k, c], block_mean[c - c0], block_m2[c - c0], w_other, w_cross)
                 n += n_block
-            chunk_count[k] = n
+            if t == 0:
+                chunk_count[k] = n
     else:
         for kc in prange(nchunks * C):
             k, c, a_start, a_stop = _chunk_channel(kc, C, rows_per_chunk, A)
@@ -184,16 +294,8 @@ def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
             for s in range(a_start, a_stop, rows_per_block):
                 e = min(a_stop, s + rows_per_block)
                 n_block = float((e - s) * B)
-                block_sum = 0.0
-                for a in range(s, e):
-                    for b in range(B):
-                        block_sum += x[a, c, b] - shift_c
-                block_mean = block_sum / n_block
-                block_m2 = 0.0
-                for a in range(s, e):
-                    for b in range(B):
-                        d = (x[a, c, b] - shift_c) - block_mean
-                        block_m2 += d * d
+                block_mean = _runs_shifted_sum(x, c, s, e, shift_c) / n_block
+                block_m2 = _runs_shifted_m2(x, c, s, e, shift_c, block_mean)
                 w_other, w_cross = _merge_weights(n, n_block)
                 mean, m2 = _chan_merge(mean, m2, block_mean, block_m2, w_other, w_cross)
                 n += n_block
@@ -285,29 +387,46 @@ def _combine_value(x_v, mean_c, u, v, a, c, b, k_x, k_u, k_v, k_0):
     return value + k_0
 
 
+@njit(cache=True, nogil=True)
+def _block_from_end(i, size, n):
+    """Items ``[lo, hi)`` of block ``i`` when ``n`` items in blocks of ``size`` are taken last block
+    first (each block still runs forward, which the hardware prefetchers need)."""
+    lo = (-(-n // size) - 1 - i) * size
+    return lo, min(n, lo + size)
+
+
 @_kernel()
 def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None):
     """out = k_x*(x - mean) + k_u*u + k_v*v + k_0, with per-channel (C,) float64 coefficients.
 
     ``u``/``v`` (arrays like ``x``) are optional: the forward is ``combine(x, mean, scale, beta, out)``,
-    the backward passes ``u=dy``. The subtraction ``x - mean`` is done in float64. Rows are
-    split over threads (channels-last) or (row, channel) runs (channels-first).
+    the backward passes ``u=dy``. The subtraction ``x - mean`` is done in float64. Blocks of rows
+    (channels-last) or of (row, channel) runs (channels-first) are split over threads.
+
+    The blocks run last to first: the reduction before this pass streamed x (and dy) first to
+    last, so the part it read most recently, the part still in cache when x does not fit, is
+    read again first.
     """
     A, C, B = x.shape
+    block = max(1, COMBINE_BLOCK_ELEMENTS // (C * B if B == 1 else B))
     if B == 1:
-        for a in prange(A):
-            for c in range(C):
-                out[a, c, 0] = _combine_value(x[a, c, 0], mean[c], u, v, a, c, 0, k_x[c],
-                                              0.0 if k_u is None else k_u[c],
-                                              0.0 if k_v is None else k_v[c], k_0[c])
+        for i in prange(-(-A // block)):
+            lo, hi = _block_from_end(i, block, A)
+            for a in range(lo, hi):
+                for c in range(C):
+                    out[a, c, 0] = _combine_value(x[a, c, 0], mean[c], u, v, a, c, 0, k_x[c],
+                                                  0.0 if k_u is None else k_u[c],
+                                                  0.0 if k_v is None else k_v[c], k_0[c])
     else:
-        for ac in prange(A * C):
-            a = ac // C
-            c = ac - a * C
-            mean_c = mean[c]
-            kx = k_x[c]
-            ku = 0.0 if k_u is None else k_u[c]
-            kv = 0.0 if k_v is None else k_v[c]
-            k0 = k_0[c]
-            for b in range(B):
-                out[a, c, b] = _combine_value(x[a, c, b], mean_c, u, v, a, c, b, kx, ku, kv, k0)
+        for i in prange(-(-(A * C) // block)):
+            lo, hi = _block_from_end(i, block, A * C)
+            for ac in range(lo, hi):
+                a = ac // C
+                c = ac - a * C
+                mean_c = mean[c]
+                kx = k_x[c]
+                ku = 0.0 if k_u is None else k_u[c]
+                kv = 0.0 if k_v is None else k_v[c]
+                k0 = k_0[c]
+                for b in range(B):
+                    out[a, c, b] = _combine_value(x[a, c, b], mean_c, u, v, a, c, b, kx, ku, kv, k0)
