@@ -38,18 +38,20 @@ BLOCK_ELEMENTS = 1 << 15
 #: the reduction over A is split into at most this many chunks, whatever the thread count
 MAX_CHUNKS = 16
 #: ... each of at least this many rows (unless there is only one): the statistics pass reads
-#: that many rows at once (see :func:`_runs_shifted_sum`)
+#: that many rows at once (see :func:`_lanes_sum`)
 ROWS_IN_FLIGHT = 4
 #: ... and of at least this many elements (unless there is only one)
 CHUNK_MIN_ELEMENTS = 1 << 15
-#: channels-last kernels split the channels into tiles of at most this many, so that a tile's
-#: float64 accumulators (a few x 4 KB) stay in L1 while rows stream through
-CHANNEL_TILE = 512
+#: a statistics block is at most this many lanes wide (channels-last: channels; channels-first:
+#: positions in a run), so that its float64 per-lane accumulators (a few x 4 KB) stay in L1
+LANES = 512
 #: :func:`combine` hands out work in blocks of about this many elements (whole rows or runs)
 COMBINE_BLOCK_ELEMENTS = 1 << 14
+#: ... and in at least this many blocks, so that threads get equal shares of a small input
+COMBINE_MIN_BLOCKS = 8
 #: below this many elements a kernel runs single-threaded: waking threads costs more than the
 #: work, and on a loaded machine (pytest -n auto) parallel regions on tiny arrays stall badly
-PARALLEL_MIN_ELEMENTS = 1 << 17
+PARALLEL_MIN_ELEMENTS = 1 << 16
 
 
 def _prange_only() -> dict:
@@ -91,32 +93,29 @@ def pick(kernel, size: int):
     return kernel if size >= PARALLEL_MIN_ELEMENTS else kernel.serial
 
 
-def chunking(a: int, size: int | None = None) -> tuple[int, int]:
+def chunking(a: int, size: int | None = None, channels_last_width: int = 0) -> tuple[int, int]:
     """(number of chunks, rows per chunk) for a reduction over the ``a`` rows of ``size`` elements.
 
     Depends on the shape only (never on the thread count): at most :data:`MAX_CHUNKS`, and, when
     ``size`` is given, no chunk under :data:`CHUNK_MIN_ELEMENTS`, so small inputs skip partials
-    they do not need.
+    they do not need. A channels-last input of ``channels_last_width`` > :data:`LANES` channels
+    is already split into that many tiles of channels, so it takes fewer chunks (fewer merges,
+    and blocks of rows long enough to overlap their two passes).
     """
     nchunks = max(1, min(a // ROWS_IN_FLIGHT, MAX_CHUNKS))
     if size is not None:
         nchunks = max(1, min(nchunks, size // CHUNK_MIN_ELEMENTS))
+    tiles = -(-channels_last_width // LANES)
+    if tiles > 1:
+        nchunks = max(1, min(nchunks, -(-MAX_CHUNKS // tiles)))
     return nchunks, -(-a // nchunks) if a else 0
 
 
 def block_rows(channels: int, b: int) -> int:
     """Rows per statistics block: about :data:`BLOCK_ELEMENTS` values of one channel
-    (channels-first, runs of ``b``) or of one tile of channels (channels-last, ``b == 1``)."""
-    return max(1, BLOCK_ELEMENTS // max(1, min(channels, CHANNEL_TILE) if b == 1 else b))
-
-
-@njit(cache=True, nogil=True)
-def _tile(kt, ntiles, C):
-    """Work item ``kt`` of the channels-last split into (chunk, channel tile): k, t, c0, c1."""
-    k = kt // ntiles
-    t = kt - k * ntiles
-    c0 = t * CHANNEL_TILE
-    return k, t, c0, min(C, c0 + CHANNEL_TILE)
+    (channels-first, runs of ``b``) or of one tile of at most :data:`LANES` channels
+    (channels-last, ``b == 1``)."""
+    return max(1, BLOCK_ELEMENTS // max(1, min(channels, LANES) if b == 1 else b))
 
 
 @njit(cache=True, nogil=True)
@@ -153,11 +152,11 @@ def _chan_merge(mean, m2, mean_other, m2_other, w_other, w_cross):
 
 
 # The statistics pass reads memory that no earlier pass has touched, and one stream of loads per
-# thread cannot cover the memory latency (measured on (64, 64, 56, 56) float32, x evicted from
-# cache: 15 GB/s for one stream per thread, 30 GB/s for the two of the backward's sums). So the
-# block helpers below keep four streams in flight: four rows of a channel (channels-first), or
-# the four quarters of a block of rows (channels-last). The adds stay in float64, in a fixed
-# order that depends on the shape only.
+# thread cannot cover the memory latency (measured on (64, 64, 56, 56) float32 with x evicted
+# from cache: 15 GB/s for one stream per thread, 30 GB/s for the backward's two). So the helpers
+# below keep four streams in flight: four rows of one channel (channels-first), or the four
+# quarters of a block of rows (channels-last). The adds are float64, in an order fixed by the
+# shape.
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _runs_shifted_sum(x, c, s, e, shift_c):
@@ -179,71 +178,132 @@ def _runs_shifted_sum(x, c, s, e, shift_c):
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _runs_shifted_m2(x, c, s, e, shift_c, block_mean):
-    """sum over rows s..e-1 and all b of ((x[a, c, b] - shift_c) - block_mean)^2, four rows at a time."""
+    """sum over rows s..e-1 and all b of (x[a, c, b] - center)^2 with center = shift_c + block_mean
+    (the block's mean, rounded once), four rows at a time."""
     total = 0.0
+    center = shift_c + block_mean
     a = s
     while a + 4 <= e:
         r0, r1, r2, r3 = x[a, c], x[a + 1, c], x[a + 2, c], x[a + 3, c]
         for b in range(r0.shape[0]):
-            d0 = (r0[b] - shift_c) - block_mean
-            d1 = (r1[b] - shift_c) - block_mean
-            d2 = (r2[b] - shift_c) - block_mean
-            d3 = (r3[b] - shift_c) - block_mean
+            d0 = r0[b] - center
+            d1 = r1[b] - center
+            d2 = r2[b] - center
+            d3 = r3[b] - center
             total += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
         a += 4
     while a < e:
         r0 = x[a, c]
         for b in range(r0.shape[0]):
-            d = (r0[b] - shift_c) - block_mean
+            d = r0[b] - center
             total += d * d
         a += 1
     return total
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _rows_shifted_sum(xf, C, c0, c1, s, e, shift, acc):
-    """acc += sum over rows s..e-1 of (x[a, c0:c1] - shift[c0:c1]), for a tile of the flat
-    channels-last ``xf``: the four quarters of the rows at a time, then the rows left over."""
-    w = c1 - c0
-    sh = shift[c0:c1]
-    q = (e - s) // 4
+def _lanes_sum(xf, p, stride, rows, center, acc):
+    """acc[j] += sum over the block's rows of (x - center[j]), lane by lane.
+
+    A block is ``rows`` rows of ``w = len(acc)`` lanes (channels); row i starts at
+    ``p + i*stride`` in the flat x. Its four quarters are read at once, then the rows left over."""
+    w = acc.shape[0]
+    q = rows // 4
     for i in range(q):
-        p = (s + i) * C + c0
-        r0, r1 = xf[p: p + w], xf[p + q * C: p + q * C + w]
-        r2, r3 = xf[p + 2 * q * C: p + 2 * q * C + w], xf[p + 3 * q * C: p + 3 * q * C + w]
+        o = p + i * stride
+        r0, r1 = xf[o: o + w], xf[o + q * stride: o + q * stride + w]
+        r2, r3 = xf[o + 2 * q * stride: o + 2 * q * stride + w], xf[o + 3 * q * stride: o + 3 * q * stride + w]
         for j in range(w):
-            sc = sh[j]
-            acc[j] += ((r0[j] - sc) + (r1[j] - sc)) + ((r2[j] - sc) + (r3[j] - sc))
-    for a in range(s + 4 * q, e):
-        r0 = xf[a * C + c0: a * C + c1]
+            cj = center[j]
+            acc[j] += ((r0[j] - cj) + (r1[j] - cj)) + ((r2[j] - cj) + (r3[j] - cj))
+    for i in range(4 * q, rows):
+        r0 = xf[p + i * stride: p + i * stride + w]
         for j in range(w):
-            acc[j] += r0[j] - sh[j]
+            acc[j] += r0[j] - center[j]
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _rows_shifted_m2(xf, C, c0, c1, s, e, shift, block_mean, acc):
-    """acc += sum over rows s..e-1 of ((x[a, c0:c1] - shift[c0:c1]) - block_mean)^2
-    (the second pass of a block, in the order of :func:`_rows_shifted_sum`)."""
-    w = c1 - c0
-    sh = shift[c0:c1]
-    q = (e - s) // 4
+def _lanes_m2(xf, p, stride, rows, center, acc):
+    """acc[j] += sum over the block's rows of (x - center[j])^2, lane by lane (the second pass,
+    about ``center = shift + block mean``)."""
+    w = acc.shape[0]
+    q = rows // 4
     for i in range(q):
-        p = (s + i) * C + c0
-        r0, r1 = xf[p: p + w], xf[p + q * C: p + q * C + w]
-        r2, r3 = xf[p + 2 * q * C: p + 2 * q * C + w], xf[p + 3 * q * C: p + 3 * q * C + w]
+        o = p + i * stride
+        r0, r1 = xf[o: o + w], xf[o + q * stride: o + q * stride + w]
+        r2, r3 = xf[o + 2 * q * stride: o + 2 * q * stride + w], xf[o + 3 * q * stride: o + 3 * q * stride + w]
         for j in range(w):
-            sc = sh[j]
-            bm = block_mean[j]
-            d0 = (r0[j] - sc) - bm
-            d1 = (r1[j] - sc) - bm
-            d2 = (r2[j] - sc) - bm
-            d3 = (r3[j] - sc) - bm
+            cj = center[j]
+            d0, d1, d2, d3 = r0[j] - cj, r1[j] - cj, r2[j] - cj, r3[j] - cj
             acc[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-    for a in range(s + 4 * q, e):
-        r0 = xf[a * C + c0: a * C + c1]
+    for i in range(4 * q, rows):
+        r0 = xf[p + i * stride: p + i * stride + w]
         for j in range(w):
-            d = (r0[j] - sh[j]) - block_mean[j]
+            d = r0[j] - center[j]
             acc[j] += d * d
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _lanes_sum_and_m2(xf, p_next, shift, acc_next, p, center, acc, stride, rows):
+    """:func:`_lanes_sum` of the next block (at ``p_next``, about ``shift``) and :func:`_lanes_m2`
+    of this one (about ``center``), of the same shape, in one sweep: the second pass, which reads
+    the cache, overlaps the next block's first pass, which reads memory. The same adds in the
+    same order as the two calls."""
+    w = acc.shape[0]
+    q = rows // 4
+    for i in range(q):
+        o, on = p + i * stride, p_next + i * stride
+        r0, r1 = xf[o: o + w], xf[o + q * stride: o + q * stride + w]
+        r2, r3 = xf[o + 2 * q * stride: o + 2 * q * stride + w], xf[o + 3 * q * stride: o + 3 * q * stride + w]
+        n0, n1 = xf[on: on + w], xf[on + q * stride: on + q * stride + w]
+        n2, n3 = xf[on + 2 * q * stride: on + 2 * q * stride + w], xf[on + 3 * q * stride: on + 3 * q * stride + w]
+        for j in range(w):
+            sj, cj = shift[j], center[j]
+            acc_next[j] += ((n0[j] - sj) + (n1[j] - sj)) + ((n2[j] - sj) + (n3[j] - sj))
+            d0, d1, d2, d3 = r0[j] - cj, r1[j] - cj, r2[j] - cj, r3[j] - cj
+            acc[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for i in range(4 * q, rows):
+        r0 = xf[p + i * stride: p + i * stride + w]
+        n0 = xf[p_next + i * stride: p_next + i * stride + w]
+        for j in range(w):
+            acc_next[j] += n0[j] - shift[j]
+            d = r0[j] - center[j]
+            acc[j] += d * d
+
+
+@njit(cache=True, nogil=True)
+def _tile_moments(xf, C, c0, c1, a_start, a_stop, rows_per_block, shift, mean_out, m2_out):
+    """Channels-last: merge the mean and M2 of channels c0..c1 over rows a_start..a_stop of the
+    flat ``xf`` into ``mean_out``/``m2_out`` (zeros on entry); returns the count per channel.
+
+    Blocks of ``rows_per_block`` rows go down the rows, each block's two passes as above, the
+    second fused with the next block's first."""
+    w = c1 - c0
+    shift_t = shift[c0:c1]
+    lane_mean, center, sums, m2s = np.empty(w), np.empty(w), np.zeros(w), np.zeros(w)
+    n = 0.0
+    s, e = a_start, min(a_stop, a_start + rows_per_block)
+    _lanes_sum(xf, s * C + c0, C, e - s, shift_t, sums)
+    while s < a_stop:
+        rows = e - s
+        for j in range(w):
+            lane_mean[j] = sums[j] / rows  # of x - shift
+            center[j] = shift_t[j] + lane_mean[j]
+            sums[j] = 0.0
+            m2s[j] = 0.0
+        s_next, e_next = e, min(a_stop, e + rows_per_block)
+        if e_next - s_next == rows:
+            _lanes_sum_and_m2(xf, s_next * C + c0, shift_t, sums, s * C + c0, center, m2s, C, rows)
+        else:
+            _lanes_m2(xf, s * C + c0, C, rows, center, m2s)
+            if s_next < e_next:
+                _lanes_sum(xf, s_next * C + c0, C, e_next - s_next, shift_t, sums)
+        w_other, w_cross = _merge_weights(n, float(rows))
+        for j in range(w):
+            mean_out[j], m2_out[j] = _chan_merge(mean_out[j], m2_out[j], lane_mean[j], m2s[j], w_other, w_cross)
+        n += rows
+        s, e = s_next, e_next
+    return n
 
 
 @_kernel(reassoc=True)
@@ -262,27 +322,15 @@ def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
     chunk_m2 = np.zeros((nchunks, C))
     if B == 1:
         xf = x.reshape(A * C)
-        ntiles = -(-C // CHANNEL_TILE)
-        for kt in prange(nchunks * ntiles):
-            k, t, c0, c1 = _tile(kt, ntiles, C)
+        tiles = -(-C // LANES)
+        for kt in prange(nchunks * tiles):
+            k = kt // tiles
+            c0 = (kt - k * tiles) * LANES
+            c1 = min(C, c0 + LANES)
             a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
-            block_mean = np.empty(c1 - c0)
-            block_m2 = np.empty(c1 - c0)
-            n = 0.0
-            for s in range(a_start, a_stop, rows_per_block):
-                e = min(a_stop, s + rows_per_block)
-                n_block = float(e - s)
-                block_mean[:] = 0.0  # the block's sum, then its mean
-                block_m2[:] = 0.0
-                _rows_shifted_sum(xf, C, c0, c1, s, e, shift, block_mean)
-                block_mean /= n_block
-                _rows_shifted_m2(xf, C, c0, c1, s, e, shift, block_mean, block_m2)
-                w_other, w_cross = _merge_weights(n, n_block)
-                for c in range(c0, c1):
-                    chunk_mean[k, c], chunk_m2[k, c] = _chan_merge(
-                        chunk_mean[k, c], chunk_m2[k, c], block_mean[c - c0], block_m2[c - c0], w_other, w_cross)
-                n += n_block
-            if t == 0:
+            n = _tile_moments(xf, C, c0, c1, a_start, a_stop, rows_per_block, shift,
+                              chunk_mean[k, c0:c1], chunk_m2[k, c0:c1])
+            if c0 == 0:
                 chunk_count[k] = n
     else:
         for kc in prange(nchunks * C):
@@ -408,18 +456,20 @@ def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None):
     read again first.
     """
     A, C, B = x.shape
-    block = max(1, COMBINE_BLOCK_ELEMENTS // (C * B if B == 1 else B))
+    # blocks of about COMBINE_BLOCK_ELEMENTS, but at least COMBINE_MIN_BLOCKS of them (balance)
+    items = A if B == 1 else A * C
+    block = max(1, min(COMBINE_BLOCK_ELEMENTS // (C if B == 1 else B), -(-items // COMBINE_MIN_BLOCKS)))
     if B == 1:
-        for i in prange(-(-A // block)):
-            lo, hi = _block_from_end(i, block, A)
+        for i in prange(-(-items // block)):
+            lo, hi = _block_from_end(i, block, items)
             for a in range(lo, hi):
                 for c in range(C):
                     out[a, c, 0] = _combine_value(x[a, c, 0], mean[c], u, v, a, c, 0, k_x[c],
                                                   0.0 if k_u is None else k_u[c],
                                                   0.0 if k_v is None else k_v[c], k_0[c])
     else:
-        for i in prange(-(-(A * C) // block)):
-            lo, hi = _block_from_end(i, block, A * C)
+        for i in prange(-(-items // block)):
+            lo, hi = _block_from_end(i, block, items)
             for ac in range(lo, hi):
                 a = ac // C
                 c = ac - a * C

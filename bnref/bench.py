@@ -26,11 +26,16 @@ Numba's on-disk cache warm) is measured in a subprocess.
 Threads: ``numba.set_num_threads`` and ``torch.set_num_threads`` get the same count;
 NumPy's elementwise ufuncs and reductions are single-threaded whatever the count
 (``threadpoolctl``, when installed, also pins its BLAS/OpenMP pools, which BN does not use).
-Numba (threading layer ``omp``) and PyTorch each bring an OpenMP runtime, whose idle threads
-spin after every parallel region by default; in one process the two sets of spinning threads
-take the cores from each other (measured under a load average of 9: bnref fwd+bwd on 32x256x28x28 channels-last 288 ms
-with spinning, 33 ms without). ``main`` therefore sets ``OMP_WAIT_POLICY=PASSIVE`` unless the
-environment already sets it, before either runtime starts.
+Numba (threading layer ``omp``) and PyTorch each bring an OpenMP runtime (two copies of libgomp
+in one process), whose idle threads spin after every parallel region, by default for up to
+300 000 spins. Left spinning, the two sets of threads take the cores from each other (measured
+under a load average of 9: bnref fwd+bwd on 32x256x28x28 channels-last 288 ms with spinning,
+33 ms without). Not spinning at all (``OMP_WAIT_POLICY=PASSIVE``) costs a sleeping thread's
+wake-up, about 80 us on this 2-core VM, at the start of every parallel region of either
+library (bnref 256x4096 float32 forward: 1.0 ms passive, 0.64 ms with a short spin). ``main``
+therefore sets ``GOMP_SPINCOUNT`` to :data:`SPIN_COUNT` (spin about 0.1-0.3 ms, then sleep), for
+both libraries alike, unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``,
+before either runtime starts.
 """
 from __future__ import annotations
 
@@ -52,6 +57,9 @@ import bnref
 from bnref._progress import Progress
 
 EPS = 1e-5
+#: GOMP_SPINCOUNT for both OpenMP runtimes (see the module docstring): an idle thread spins for
+#: about 0.1-0.3 ms, then sleeps
+SPIN_COUNT = 10_000
 #: bytes moved per |x| under the minimal-traffic model
 TRAFFIC = {"fwd": 2, "fwd+bwd": 5}
 
@@ -112,12 +120,14 @@ def _stream_affine(x, a, b, y):
 
 # ---------------------------------------------------------------- timing
 
-def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3) -> dict:
+def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3, settle_s: float = 5e-4) -> dict:
     """Per key: (median, min) over ``repeats`` samples of one call's time in ms.
 
-    The calls are sampled round-robin (one sample of each, ``repeats`` times), so a change in the
-    machine's load while the case runs hits every implementation and the ceiling alike. Short
-    calls are batched so that a sample lasts at least ``min_sample_s``.
+    The calls are sampled round-robin (one sample of each, ``repeats`` times, the order rotated
+    by one each round), so a change in the machine's load while the case runs hits every
+    implementation and the ceiling alike, and each call follows every other equally often.
+    Short calls are batched so that a sample lasts at least ``min_sample_s``; before each sample
+    the machine idles for ``settle_s``, longer than an OpenMP thread spins (``SPIN_COUNT``).
     """
     number = {}
     for key, fn in calls.items():
@@ -126,8 +136,18 @@ def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3) -> dict:
         fn()
         number[key] = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-9)))
     samples: dict = {key: [] for key in calls}
-    for _ in range(repeats):
-        for key, fn in calls.items():
+    keys = list(calls)
+    for r in range(repeats):
+        # rotate the order each round, so that no call always follows the same neighbor (the
+        # one before leaves its data, dirty or clean, in the caches the next call starts with)
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            fn = calls[key]
+            # let the previous call's OpenMP threads stop spinning (GOMP_SPINCOUNT) before this
+            # one starts, so that two libraries' thread pools never compete inside a sample; a
+            # busy wait, since a sleep lets this VM's CPUs idle and every call after it is slower
+            settle_until = time.perf_counter() + settle_s
+            while time.perf_counter() < settle_until:
+                pass
             start = time.perf_counter()
             for _ in range(number[key]):
                 fn()
@@ -455,7 +475,8 @@ def _int_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     # before torch is imported and before Numba starts its thread pool (see the module docstring)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", str(SPIN_COUNT))
     import numba
 
     parser = argparse.ArgumentParser(prog="bnref bench", description=__doc__.splitlines()[0].replace("``", ""))
@@ -507,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                     bnref=bnref.__version__, machine=platform.machine(), processor=_cpu_name(),
                     cpus=os.cpu_count(), load_average_start=load, load_average_end=os.getloadavg()[0],
                     repeats=repeats, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                    gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
                     threading_layer=numba.threading_layer())
         try:
             import torch

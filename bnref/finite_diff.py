@@ -30,9 +30,11 @@ __all__ = ["step_size", "directional_derivative", "gradient", "check_vjp", "Proj
 _U64 = np.finfo(np.float64).eps / 2
 
 
-def step_size(args: Sequence[np.ndarray], directions: Sequence[np.ndarray]) -> float:
-    """h = u^(1/5) * max(1, |args|_inf) / |directions|_inf (see the module docstring)."""
-    size = max([1.0] + [float(np.max(np.abs(a))) for a in args if np.size(a)])
+def step_size(args: Sequence[np.ndarray], directions: Sequence[np.ndarray], scale: float | None = None) -> float:
+    """h = u^(1/5) * scale / |directions|_inf, ``scale`` defaulting to max(1, |args|_inf) (see the
+    module docstring). A function that bends on a shorter length than its arguments' size (batch
+    norm: sqrt(var + eps) in x) needs that length as ``scale``, or the step overshoots the curve."""
+    size = scale if scale is not None else max([1.0] + [float(np.max(np.abs(a))) for a in args if np.size(a)])
     norm = max([0.0] + [float(np.max(np.abs(d))) for d in directions if np.size(d)])
     if norm == 0.0:
         raise ValueError("directions are all zero")
@@ -105,11 +107,12 @@ class ProjectedCheck:
 
 def check_vjp(fun: Callable[..., Sequence[np.ndarray] | np.ndarray], args: Sequence[np.ndarray],
               cotangents: Sequence[np.ndarray] | np.ndarray, vjps: Sequence[np.ndarray],
-              rng: np.random.Generator) -> ProjectedCheck:
+              rng: np.random.Generator, scale: float | None = None) -> ProjectedCheck:
     """Projected check of a VJP: ``vjps`` claims to be ``d<cotangents, fun(*args)>/d args``.
 
     Draws a random direction ``u`` per argument and compares ``sum_i <u_i, vjps_i>`` with
-    the Richardson-extrapolated derivative of ``<cotangents, fun(*(args + t u))>``.
+    the Richardson-extrapolated derivative of ``<cotangents, fun(*(args + t u))>``, with the
+    step of :func:`step_size` for ``scale``.
     """
     outputs_are_tuple = isinstance(cotangents, (tuple, list))
     cots = [np.asarray(c, dtype=np.float64) for c in (cotangents if outputs_are_tuple else [cotangents])]
@@ -121,5 +124,5 @@ def check_vjp(fun: Callable[..., Sequence[np.ndarray] | np.ndarray], args: Seque
 
     directions = [rng.standard_normal(np.shape(a)) for a in args]
     analytic = float(sum(np.sum(np.asarray(g, dtype=np.float64) * u) for g, u in zip(vjps, directions)))
-    numeric, error = directional_derivative(pairing, args, directions)
+    numeric, error = directional_derivative(pairing, args, directions, h=step_size(args, directions, scale))
     return ProjectedCheck(analytic, numeric, error)

@@ -142,19 +142,30 @@ def test_chan_merge_small_sizes(size_a, size_b):
     assert _merge_residuals(size_a, size_b) == [0, 0]
 
 
-def test_channel_moments_kernel_merges_exactly():
+# (A, C, B): channels-first runs; channels-last with C < LANES (one tile); channels-last with
+# two tiles of channels (C > LANES), one of them partial
+MOMENTS_SHAPES = [(37, 3, 4), (37, 5, 1), (41, _kernels.LANES + 88, 1)]
+
+
+@pytest.mark.parametrize("shape", MOMENTS_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("rows_per_block", [1, 2, 3, 4, 5, 8, 41])
+@pytest.mark.parametrize("nchunks", [1, 3, None])
+def test_channel_moments_kernel_merges_exactly(shape, rows_per_block, nchunks):
     r"""Step 11, numerically: the kernel with tiny blocks (many merges) equals a float64 two-pass.
+
+    Every path of the kernel is taken: one or several chunks, blocks of 1..8 rows (leftover
+    rows after the four quarters, blocks whose second pass runs fused with the next block's
+    first, a short last block), one or two tiles of channels.
 
     > $$\delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \delta\,\frac{n_B}{n_A+n_B}, \qquad M_{2,AB} = M_{2,A} + M_{2,B} + \delta^2\,\frac{n_A n_B}{n_A+n_B}$$
     """
     rng = np.random.default_rng(2)
-    x3 = rng.normal(5.0, 2.0, size=(37, 3, 4))
+    x3 = rng.normal(5.0, 2.0, size=shape)
     shift = x3[0, :, 0].copy()
-    nchunks, rows = _kernels.chunking(x3.shape[0])
-    for rows_per_block in (1, 2, 5, 37):
-        moments = _kernels.pick(_kernels.channel_moments, x3.size)
-        mean_shifted, m2 = moments(x3, shift, rows, nchunks, rows_per_block)
-        flat = x3.transpose(1, 0, 2).reshape(3, -1)
+    count, rows = _kernels.chunking(x3.shape[0]) if nchunks is None else (nchunks, -(-shape[0] // nchunks))
+    for moments in (_kernels.channel_moments, _kernels.channel_moments.serial):
+        mean_shifted, m2 = moments(x3, shift, rows, count, rows_per_block)
+        flat = x3.transpose(1, 0, 2).reshape(shape[1], -1)
         np.testing.assert_allclose(shift + mean_shifted, flat.mean(axis=1), rtol=1e-14)
         np.testing.assert_allclose(m2, ((flat - flat.mean(axis=1, keepdims=True)) ** 2).sum(axis=1),
                                    rtol=1e-12)
