@@ -364,6 +364,56 @@ def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
     return mean, m2
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _tile_sums(x, mean, dy, ddx, c0, c1, s, e, acc):
+    """acc[r] += row r of :func:`channel_sums` over rows s..e-1 of channels-last ``x`` for the
+    channels c0..c1 (``acc`` is (2 or 5, c1 - c0)): the rows' four quarters at a time, as in
+    :func:`_lanes_sum`, then the rows left over."""
+    A, C, _ = x.shape
+    xf, dyf = x.reshape(A * C), dy.reshape(A * C)
+    if ddx is not None:
+        ddxf = ddx.reshape(A * C)
+    w = c1 - c0
+    mu = mean[c0:c1]
+    s_dy, s_dy_xmu = acc[0], acc[1]
+    if ddx is not None:
+        s_ddx, s_ddx_xmu, s_ddx_dy = acc[2], acc[3], acc[4]
+    q = (e - s) // 4
+    for i in range(q):
+        o0 = (s + i) * C + c0
+        o1, o2, o3 = o0 + q * C, o0 + 2 * q * C, o0 + 3 * q * C
+        x0, x1, x2, x3 = xf[o0: o0 + w], xf[o1: o1 + w], xf[o2: o2 + w], xf[o3: o3 + w]
+        g0, g1, g2, g3 = dyf[o0: o0 + w], dyf[o1: o1 + w], dyf[o2: o2 + w], dyf[o3: o3 + w]
+        if ddx is not None:
+            h0, h1, h2, h3 = ddxf[o0: o0 + w], ddxf[o1: o1 + w], ddxf[o2: o2 + w], ddxf[o3: o3 + w]
+        for j in range(w):
+            m = mu[j]
+            xm0, xm1, xm2, xm3 = x0[j] - m, x1[j] - m, x2[j] - m, x3[j] - m
+            d0, d1, d2, d3 = np.float64(g0[j]), np.float64(g1[j]), np.float64(g2[j]), np.float64(g3[j])
+            s_dy[j] += (d0 + d1) + (d2 + d3)
+            s_dy_xmu[j] += (d0 * xm0 + d1 * xm1) + (d2 * xm2 + d3 * xm3)
+            if ddx is not None:
+                v0, v1, v2, v3 = np.float64(h0[j]), np.float64(h1[j]), np.float64(h2[j]), np.float64(h3[j])
+                s_ddx[j] += (v0 + v1) + (v2 + v3)
+                s_ddx_xmu[j] += (v0 * xm0 + v1 * xm1) + (v2 * xm2 + v3 * xm3)
+                s_ddx_dy[j] += (v0 * d0 + v1 * d1) + (v2 * d2 + v3 * d3)
+    for a in range(s + 4 * q, e):
+        o0 = a * C + c0
+        x0, g0 = xf[o0: o0 + w], dyf[o0: o0 + w]
+        if ddx is not None:
+            h0 = ddxf[o0: o0 + w]
+        for j in range(w):
+            xm0 = x0[j] - mu[j]
+            d0 = np.float64(g0[j])
+            s_dy[j] += d0
+            s_dy_xmu[j] += d0 * xm0
+            if ddx is not None:
+                v0 = np.float64(h0[j])
+                s_ddx[j] += v0
+                s_ddx_xmu[j] += v0 * xm0
+                s_ddx_dy[j] += v0 * d0
+
+
 @_kernel(reassoc=True)
 def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
     """Per-channel sums over (A, B), float64 (5, C), with xmu = x - mean:
@@ -378,20 +428,17 @@ def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
     A, C, B = x.shape
     partial = np.zeros((nchunks, 2 if ddx is None else 5, C))
     if B == 1:
-        for k in prange(nchunks):
+        tiles = -(-C // LANES)
+        for kt in prange(nchunks * tiles):
+            k = kt // tiles
+            c0 = (kt - k * tiles) * LANES
+            c1 = min(C, c0 + LANES)
             a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
-            acc = partial[k]
-            for a in range(a_start, a_stop):
-                for c in range(C):
-                    xmu = x[a, c, 0] - mean[c]
-                    dy_v = np.float64(dy[a, c, 0])
-                    acc[0, c] += dy_v
-                    acc[1, c] += dy_v * xmu
-                    if ddx is not None:
-                        ddx_v = np.float64(ddx[a, c, 0])
-                        acc[2, c] += ddx_v
-                        acc[3, c] += ddx_v * xmu
-                        acc[4, c] += ddx_v * dy_v
+            acc = np.zeros((partial.shape[1], c1 - c0))
+            _tile_sums(x, mean, dy, ddx, c0, c1, a_start, a_stop, acc)
+            for r in range(acc.shape[0]):
+                for c in range(c0, c1):
+                    partial[k, r, c] = acc[r, c - c0]
     else:
         for kc in prange(nchunks * C):
             k, c, a_start, a_stop = _chunk_channel(kc, C, rows_per_chunk, A)
