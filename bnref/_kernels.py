@@ -45,6 +45,9 @@ CHUNK_MIN_ELEMENTS = 1 << 15
 #: a statistics block is at most this many lanes wide (channels-last: channels; channels-first:
 #: positions in a run), so that its float64 per-lane accumulators (a few x 4 KB) stay in L1
 LANES = 512
+#: channels-first statistics take this many channels per work item, so that a block's second
+#: pass can run fused with the first pass of the next channel's block
+CHANNEL_GROUP = 8
 #: :func:`combine` hands out work in blocks of about this many elements (whole rows or runs)
 COMBINE_BLOCK_ELEMENTS = 1 << 14
 #: ... and in at least this many blocks, so that threads get equal shares of a small input
@@ -177,19 +180,15 @@ def _runs_shifted_sum(x, c, s, e, shift_c):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _runs_shifted_m2(x, c, s, e, shift_c, block_mean):
-    """sum over rows s..e-1 and all b of (x[a, c, b] - center)^2 with center = shift_c + block_mean
-    (the block's mean, rounded once), four rows at a time."""
+def _runs_m2(x, c, s, e, center):
+    """sum over rows s..e-1 and all b of (x[a, c, b] - center)^2, four rows at a time (the second
+    pass, about ``center = shift + block mean``)."""
     total = 0.0
-    center = shift_c + block_mean
     a = s
     while a + 4 <= e:
         r0, r1, r2, r3 = x[a, c], x[a + 1, c], x[a + 2, c], x[a + 3, c]
         for b in range(r0.shape[0]):
-            d0 = r0[b] - center
-            d1 = r1[b] - center
-            d2 = r2[b] - center
-            d3 = r3[b] - center
+            d0, d1, d2, d3 = r0[b] - center, r1[b] - center, r2[b] - center, r3[b] - center
             total += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
         a += 4
     while a < e:
@@ -199,6 +198,77 @@ def _runs_shifted_m2(x, c, s, e, shift_c, block_mean):
             total += d * d
         a += 1
     return total
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _runs_sum_and_m2(x, c_next, s_next, shift_next, c, s, rows, center):
+    """:func:`_runs_shifted_sum` of the next block (channel ``c_next``, rows from ``s_next``) and
+    :func:`_runs_m2` of this one, both ``rows`` rows, in one sweep: the second pass, which reads
+    the cache, overlaps the next block's first pass, which reads memory. Returns (sum, m2)."""
+    total_next = 0.0
+    total = 0.0
+    i = 0
+    while i + 4 <= rows:
+        n0, n1, n2, n3 = x[s_next + i, c_next], x[s_next + i + 1, c_next], x[s_next + i + 2, c_next], x[s_next + i + 3, c_next]
+        r0, r1, r2, r3 = x[s + i, c], x[s + i + 1, c], x[s + i + 2, c], x[s + i + 3, c]
+        for b in range(r0.shape[0]):
+            total_next += ((n0[b] - shift_next) + (n1[b] - shift_next)) + ((n2[b] - shift_next) + (n3[b] - shift_next))
+            d0, d1, d2, d3 = r0[b] - center, r1[b] - center, r2[b] - center, r3[b] - center
+            total += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        i += 4
+    while i < rows:
+        n0, r0 = x[s_next + i, c_next], x[s + i, c]
+        for b in range(r0.shape[0]):
+            total_next += n0[b] - shift_next
+            d = r0[b] - center
+            total += d * d
+        i += 1
+    return total_next, total
+
+
+@njit(cache=True, nogil=True)
+def _run_block(j, blocks_per_channel, c_lo, a_start, a_stop, rows_per_block):
+    """Block ``j`` of a channels-first work item: (channel, first row, stop row)."""
+    c = c_lo + j // blocks_per_channel
+    s = a_start + (j % blocks_per_channel) * rows_per_block
+    return c, s, min(a_stop, s + rows_per_block)
+
+
+@njit(cache=True, nogil=True)
+def _group_moments(x, shift, c_lo, c_hi, a_start, a_stop, rows_per_block, mean_out, m2_out):
+    """Channels-first: the mean (of x - shift) and M2 of channels c_lo..c_hi over rows
+    a_start..a_stop, into ``mean_out``/``m2_out`` (indexed by channel). Blocks go channel by
+    channel, down the rows; each block's second pass runs fused with the next block's first."""
+    B = x.shape[2]
+    per_channel = -(-(a_stop - a_start) // rows_per_block)
+    nblocks = (c_hi - c_lo) * per_channel
+    c, s, e = _run_block(0, per_channel, c_lo, a_start, a_stop, rows_per_block)
+    total = _runs_shifted_sum(x, c, s, e, shift[c])
+    n = 0.0
+    mean = 0.0
+    m2 = 0.0
+    for j in range(nblocks):
+        c, s, e = _run_block(j, per_channel, c_lo, a_start, a_stop, rows_per_block)
+        n_block = float((e - s) * B)
+        block_mean = total / n_block
+        center = shift[c] + block_mean
+        if j + 1 < nblocks:
+            c_next, s_next, e_next = _run_block(j + 1, per_channel, c_lo, a_start, a_stop, rows_per_block)
+            if e_next - s_next == e - s:
+                total, block_m2 = _runs_sum_and_m2(x, c_next, s_next, shift[c_next], c, s, e - s, center)
+            else:
+                block_m2 = _runs_m2(x, c, s, e, center)
+                total = _runs_shifted_sum(x, c_next, s_next, e_next, shift[c_next])
+        else:
+            block_m2 = _runs_m2(x, c, s, e, center)
+        if j % per_channel == 0:
+            n, mean, m2 = 0.0, 0.0, 0.0
+        w_other, w_cross = _merge_weights(n, n_block)
+        mean, m2 = _chan_merge(mean, m2, block_mean, block_m2, w_other, w_cross)
+        n += n_block
+        if j % per_channel == per_channel - 1:
+            mean_out[c] = mean
+            m2_out[c] = m2
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -333,24 +403,16 @@ def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
             if c0 == 0:
                 chunk_count[k] = n
     else:
-        for kc in prange(nchunks * C):
-            k, c, a_start, a_stop = _chunk_channel(kc, C, rows_per_chunk, A)
-            shift_c = shift[c]
-            n = 0.0
-            mean = 0.0
-            m2 = 0.0
-            for s in range(a_start, a_stop, rows_per_block):
-                e = min(a_stop, s + rows_per_block)
-                n_block = float((e - s) * B)
-                block_mean = _runs_shifted_sum(x, c, s, e, shift_c) / n_block
-                block_m2 = _runs_shifted_m2(x, c, s, e, shift_c, block_mean)
-                w_other, w_cross = _merge_weights(n, n_block)
-                mean, m2 = _chan_merge(mean, m2, block_mean, block_m2, w_other, w_cross)
-                n += n_block
-            chunk_mean[k, c] = mean
-            chunk_m2[k, c] = m2
-            if c == 0:
-                chunk_count[k] = n
+        groups = -(-C // CHANNEL_GROUP)
+        for kg in prange(nchunks * groups):
+            k = kg // groups
+            c_lo = (kg - k * groups) * CHANNEL_GROUP
+            a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
+            if a_stop > a_start:
+                _group_moments(x, shift, c_lo, min(C, c_lo + CHANNEL_GROUP), a_start, a_stop, rows_per_block,
+                               chunk_mean[k], chunk_m2[k])
+                if c_lo == 0:
+                    chunk_count[k] = (a_stop - a_start) * B
     mean = np.zeros(C)  # of x - shift
     m2 = np.zeros(C)
     n = 0.0
