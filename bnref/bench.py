@@ -123,9 +123,9 @@ def _stream_affine(x, a, b, y):
 def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3, settle_s: float = 5e-4) -> dict:
     """Per key: (median, min) over ``repeats`` samples of one call's time in ms.
 
-    The calls are sampled round-robin (one sample of each, ``repeats`` times, the order rotated
-    by one each round), so a change in the machine's load while the case runs hits every
-    implementation and the ceiling alike, and each call follows every other equally often.
+    The calls are sampled round-robin (one sample of each, ``repeats`` times, in a new order each
+    round), so a change in the machine's load while the case runs hits every implementation and
+    the ceiling alike, and no call always runs after the same neighbor.
     Short calls are batched so that a sample lasts at least ``min_sample_s``; before each sample
     the machine idles for ``settle_s``, longer than an OpenMP thread spins (``SPIN_COUNT``).
     """
@@ -137,10 +137,11 @@ def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3, settle_s: f
         number[key] = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-9)))
     samples: dict = {key: [] for key in calls}
     keys = list(calls)
-    for r in range(repeats):
-        # rotate the order each round, so that no call always follows the same neighbor (the
-        # one before leaves its data, dirty or clean, in the caches the next call starts with)
-        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+    shuffle = np.random.default_rng(0)
+    for _ in range(repeats):
+        # a new order each round (a fixed seed), so that no call always follows the same
+        # neighbor: the one before leaves its data, dirty or clean, in the caches this one meets
+        for key in (keys[i] for i in shuffle.permutation(len(keys))):
             fn = calls[key]
             # let the previous call's OpenMP threads stop spinning (GOMP_SPINCOUNT) before this
             # one starts, so that two libraries' thread pools never compete inside a sample; a

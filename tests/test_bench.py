@@ -71,3 +71,17 @@ def test_acceptance_flags_misses():
     lines = bench.acceptance([row("bnref", "fwd", 1.5, 0.4), row("bnref", "fwd+bwd", 1.1, 0.4),
                               row("bnref out=", "fwd+bwd", 1.5, 0.7), row("bnref out=", "fwd", 1.5, 0.5)], 2)
     assert [line.split()[0] for line in lines] == ["ok", "MISS", "ok", "MISS"]
+
+
+def test_round_robin_shuffles_so_no_call_always_follows_the_same_one():
+    """Each call leaves its data in the caches the next one starts with: every round samples
+    each call once, in a new order, so each call runs after several different neighbors."""
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "abcd"}
+    bench.sample_ms(calls, repeats=8, min_sample_s=0.0, settle_s=0.0)
+    timed = order[2 * len(calls):]  # after the warm-up and the calibration call of each
+    rounds = [timed[i:i + 4] for i in range(0, len(timed), 4)]
+    assert len(rounds) == 8 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1
+    before = {name: {r[r.index(name) - 1] for r in rounds if r.index(name) > 0} for name in "abcd"}
+    assert all(len(names) >= 2 for names in before.values()), before
