@@ -1,7 +1,8 @@
 """Numba kernels over the canonical ``(A, C, B)`` view (see ``_layout``).
 
 Three kernels do all the full-size work; every per-channel formula lives in
-``functional.py`` on ``(C,)`` float64 vectors, next to the math it implements.
+``functional.py`` on ``(C,)`` float64 vectors, next to the math it implements. The helpers
+between them are the loops of one block of work, written once for each layout.
 
 * :func:`channel_moments` -- per-channel mean and M2 = sum (x - mean)^2, one pass over memory.
 * :func:`channel_sums` -- the per-channel reductions of the backward (2 sums) and double backward (5).
@@ -11,14 +12,20 @@ Accuracy. All accumulation is in float64, also for float32 data. Results do not 
 thread count: a reduction over ``A`` is split into a fixed number of chunks (:func:`chunking`),
 each chunk is summed by one thread, and the chunk partials are merged in chunk order.
 
-Speed. Batch norm is memory-bound, so each kernel streams memory in order and vectorizes its
-inner loop, with one loop order per layout:
+Speed. Batch norm is memory-bound, so each kernel streams memory in order, keeps several
+streams of loads in flight per thread, and vectorizes its inner loop, with one loop order per
+layout (docs/performance.md has the measurements behind each choice):
 
-* channels-first (``B > 1``): a channel's values sit in contiguous runs of ``B``; the inner loop
-  runs over ``b`` and the work is split over (chunk, channel) pairs, so a small ``A`` (even 1)
-  still keeps every thread busy;
-* channels-last (``B == 1``): a row holds one value of every channel; the inner loop runs over
-  ``c`` with one accumulator per channel, and the work is split over chunks of rows.
+* channels-first (``B > 1``): a channel's values sit in contiguous runs of ``B``; inner loops run
+  over ``b`` with scalar accumulators, over two or four rows at once, and the work is split over
+  (chunk, channel or group of channels) items, so a small ``A`` (even 1) keeps every thread busy;
+* channels-last (``B == 1``): a row holds one value of every channel; inner loops run over a
+  tile of at most :data:`LANES` channels with one float64 accumulator per channel (in L1), over
+  the four quarters of a block of rows at once, and the work is split over (chunk, tile) items.
+
+The statistics' second pass over a block runs fused with the first pass of the next block, and
+:func:`combine` takes its blocks last to first, so that it starts on the part of x the pass
+before it left in cache.
 
 The reductions are compiled with ``fastmath={"reassoc"}`` and nothing else: it lets LLVM split a
 sum over ``b`` into SIMD lanes (a fixed, thread-independent order, as accurate as sequential
@@ -271,6 +278,15 @@ def _group_moments(x, shift, c_lo, c_hi, a_start, a_stop, rows_per_block, mean_o
             m2_out[c] = m2
 
 
+@njit(cache=True, nogil=True)
+def _quarters(xf, o, gap, w):
+    """The ``w`` values at ``o``, ``o + gap``, ``o + 2 gap``, ``o + 3 gap`` of the flat ``xf``:
+    one row from each quarter of a block (four streams). (The statistics helpers below write
+    these slices out instead: through this function their loops ran 30 % slower, measured on
+    (200704, 64) float32.)"""
+    return xf[o: o + w], xf[o + gap: o + gap + w], xf[o + 2 * gap: o + 2 * gap + w], xf[o + 3 * gap: o + 3 * gap + w]
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _lanes_sum(xf, p, stride, rows, center, acc):
     """acc[j] += sum over the block's rows of (x - center[j]), lane by lane.
@@ -442,12 +458,11 @@ def _tile_sums(x, mean, dy, ddx, c0, c1, s, e, acc):
         s_ddx, s_ddx_xmu, s_ddx_dy = acc[2], acc[3], acc[4]
     q = (e - s) // 4
     for i in range(q):
-        o0 = (s + i) * C + c0
-        o1, o2, o3 = o0 + q * C, o0 + 2 * q * C, o0 + 3 * q * C
-        x0, x1, x2, x3 = xf[o0: o0 + w], xf[o1: o1 + w], xf[o2: o2 + w], xf[o3: o3 + w]
-        g0, g1, g2, g3 = dyf[o0: o0 + w], dyf[o1: o1 + w], dyf[o2: o2 + w], dyf[o3: o3 + w]
+        o = (s + i) * C + c0
+        x0, x1, x2, x3 = _quarters(xf, o, q * C, w)
+        g0, g1, g2, g3 = _quarters(dyf, o, q * C, w)
         if ddx is not None:
-            h0, h1, h2, h3 = ddxf[o0: o0 + w], ddxf[o1: o1 + w], ddxf[o2: o2 + w], ddxf[o3: o3 + w]
+            h0, h1, h2, h3 = _quarters(ddxf, o, q * C, w)
         for j in range(w):
             m = mu[j]
             xm0, xm1, xm2, xm3 = x0[j] - m, x1[j] - m, x2[j] - m, x3[j] - m
