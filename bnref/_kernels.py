@@ -118,7 +118,11 @@ def chunking(a: int, size: int | None = None, channels_last_width: int = 0) -> t
     tiles = -(-channels_last_width // LANES)
     if tiles > 1:
         nchunks = max(1, min(nchunks, -(-MAX_CHUNKS // tiles)))
-    return nchunks, -(-a // nchunks) if a else 0
+    if not a:
+        return nchunks, 0
+    rows = -(-a // nchunks)
+    # no empty chunk: 100 rows in 16 chunks of 7 would leave the last two with none
+    return -(-a // rows), rows
 
 
 def block_rows(channels: int, b: int) -> int:
@@ -294,7 +298,7 @@ def _lanes_sum(xf, p, stride, rows, center, acc):
     A block is ``rows`` rows of ``w = len(acc)`` lanes (channels); row i starts at
     ``p + i*stride`` in the flat x. Its four quarters are read at once, then the rows left over."""
     w = acc.shape[0]
-    q = rows // 4
+    q = max(rows, 0) // 4
     for i in range(q):
         o = p + i * stride
         r0, r1 = xf[o: o + w], xf[o + q * stride: o + q * stride + w]
@@ -313,7 +317,7 @@ def _lanes_m2(xf, p, stride, rows, center, acc):
     """acc[j] += sum over the block's rows of (x - center[j])^2, lane by lane (the second pass,
     about ``center = shift + block mean``)."""
     w = acc.shape[0]
-    q = rows // 4
+    q = max(rows, 0) // 4
     for i in range(q):
         o = p + i * stride
         r0, r1 = xf[o: o + w], xf[o + q * stride: o + q * stride + w]
@@ -336,7 +340,7 @@ def _lanes_sum_and_m2(xf, p_next, shift, acc_next, p, center, acc, stride, rows)
     the cache, overlaps the next block's first pass, which reads memory. The same adds in the
     same order as the two calls."""
     w = acc.shape[0]
-    q = rows // 4
+    q = max(rows, 0) // 4
     for i in range(q):
         o, on = p + i * stride, p_next + i * stride
         r0, r1 = xf[o: o + w], xf[o + q * stride: o + q * stride + w]
@@ -456,7 +460,7 @@ def _tile_sums(x, mean, dy, ddx, c0, c1, s, e, acc):
     s_dy, s_dy_xmu = acc[0], acc[1]
     if ddx is not None:
         s_ddx, s_ddx_xmu, s_ddx_dy = acc[2], acc[3], acc[4]
-    q = (e - s) // 4
+    q = max(e - s, 0) // 4
     for i in range(q):
         o = (s + i) * C + c0
         x0, x1, x2, x3 = _quarters(xf, o, q * C, w)

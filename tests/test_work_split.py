@@ -1,0 +1,70 @@
+"""The kernels' work split -- chunks of rows, tiles of channels, blocks, the parallel and serial
+twins -- on inputs large enough to use all of it, against plain float64 NumPy.
+
+The property suite draws small shapes, which fit in one chunk and one block; these shapes do
+not: they take many chunks (some of them uneven), several tiles of channels (one partial),
+blocks whose second pass runs fused with the next one, and fewer rows than a chunk wants.
+"""
+import numpy as np
+import pytest
+
+import bnref
+from bnref import _kernels
+
+# (shape, channel_axis); each comment says what the shape exercises
+SHAPES = [
+    ((100, 8192), 1),         # 16 chunks of 7 rows would leave two empty: chunking must not
+    ((65, 8192), 1),          # the same with 5 rows a chunk
+    ((1000, 600), 1),         # channels-last: a full and a partial tile of channels, many blocks
+    ((40, 30, 30, 3), -1),    # channels-last with few channels: long blocks of rows, fused passes
+    ((64, 3, 40, 40), 1),     # channels-first: many rows, groups of channels smaller than the group
+    ((3, 20, 70, 70), 1),     # channels-first with fewer rows than a chunk wants
+    ((9, 17, 1000), 1),       # channels-first, rows in pairs and a leftover row
+]
+
+
+def _reference(x, dy, gamma, eps, axis):
+    axes = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean) * invstd
+    g = gamma.reshape(shape)
+    dbeta = dy.sum(axis=axes, keepdims=True)
+    dgamma = (dy * xhat).sum(axis=axes, keepdims=True)
+    m = x.size // x.shape[axis]
+    dx = g * invstd * (dy - dbeta / m - xhat * dgamma / m)
+    return mean.ravel(), var.ravel(), g * xhat, dx, dgamma.ravel(), dbeta.ravel()
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_large_inputs_match_float64_numpy(shape, axis):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape) * 3 + 7
+    dy = rng.standard_normal(shape)
+    c = shape[axis]
+    gamma, beta = 1 + 0.1 * rng.standard_normal(c), np.zeros(c)
+    eps = 1e-5
+    mean_ref, var_ref, y_ref, dx_ref, dgamma_ref, dbeta_ref = _reference(x, dy, gamma, eps, axis)
+    y, mean, var = bnref.forward_train(x, gamma, beta, eps, axis)
+    dx, dgamma, dbeta = bnref.backward(dy, x, gamma, mean, var, eps, axis)
+    m = x.size // c
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-13, atol=1e-13 * 7)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-12)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-11)
+    # sums over m values of size ~1: rounding ~ m * 1e-16
+    np.testing.assert_allclose(dbeta, dbeta_ref, rtol=0, atol=m * 1e-15)
+    np.testing.assert_allclose(dgamma, dgamma_ref, rtol=0, atol=m * 1e-15)
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-11)
+
+
+def test_chunking_covers_every_row_once_with_no_empty_chunk():
+    for a in list(range(0, 300)) + [1000, 4099]:
+        for size_per_row in (1, 784, 8192):
+            for width in (0, 600, 8192):
+                nchunks, rows = _kernels.chunking(a, a * size_per_row, width)
+                assert 1 <= nchunks <= _kernels.MAX_CHUNKS
+                if a:
+                    assert (nchunks - 1) * rows < a <= nchunks * rows, (a, size_per_row, width, nchunks, rows)
