@@ -39,8 +39,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
-#: a statistics block holds about this many values of one channel (channels-first) or of all
-#: channels (channels-last), so its second pass reads the L2 cache, not memory
+#: a statistics block holds about this many values of one channel (channels-first) or of one
+#: tile of channels (channels-last), so its second pass reads the L2 cache, not memory
 BLOCK_ELEMENTS = 1 << 15
 #: the reduction over A is split into at most this many chunks, whatever the thread count
 MAX_CHUNKS = 16
@@ -49,8 +49,8 @@ MAX_CHUNKS = 16
 ROWS_IN_FLIGHT = 4
 #: ... and of at least this many elements (unless there is only one)
 CHUNK_MIN_ELEMENTS = 1 << 15
-#: a statistics block is at most this many lanes wide (channels-last: channels; channels-first:
-#: positions in a run), so that its float64 per-lane accumulators (a few x 4 KB) stay in L1
+#: channels-last kernels work on tiles of at most this many channels (the lanes of their inner
+#: loops), so that the float64 accumulators, one per channel (a few x 4 KB), stay in L1
 LANES = 512
 #: channels-first statistics take this many channels per work item, so that a block's second
 #: pass can run fused with the first pass of the next channel's block
