@@ -52,8 +52,8 @@ CHUNK_MIN_ELEMENTS = 1 << 15
 #: channels-last kernels work on tiles of at most this many channels (the lanes of their inner
 #: loops), so that the float64 accumulators, one per channel (a few x 4 KB), stay in L1
 LANES = 512
-#: channels-first statistics take this many channels per work item, so that a block's second
-#: pass can run fused with the first pass of the next channel's block
+#: channels-first statistics take up to this many channels per work item, so that a block's
+#: second pass can run fused with the first pass of the next channel's block
 CHANNEL_GROUP = 8
 #: :func:`combine` hands out work in blocks of about this many elements (whole rows or runs)
 COMBINE_BLOCK_ELEMENTS = 1 << 14
@@ -423,13 +423,16 @@ def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
             if c0 == 0:
                 chunk_count[k] = n
     else:
-        groups = -(-C // CHANNEL_GROUP)
+        # groups of channels, but no fewer work items than chunks allow (a batch of one image
+        # has one chunk: its channels must still spread over the threads)
+        group = max(1, min(CHANNEL_GROUP, (nchunks * C) // MAX_CHUNKS))
+        groups = -(-C // group)
         for kg in prange(nchunks * groups):
             k = kg // groups
-            c_lo = (kg - k * groups) * CHANNEL_GROUP
+            c_lo = (kg - k * groups) * group
             a_start, a_stop = _chunk_rows(k, rows_per_chunk, A)
             if a_stop > a_start:
-                _group_moments(x, shift, c_lo, min(C, c_lo + CHANNEL_GROUP), a_start, a_stop, rows_per_block,
+                _group_moments(x, shift, c_lo, min(C, c_lo + group), a_start, a_stop, rows_per_block,
                                chunk_mean[k], chunk_m2[k])
                 if c_lo == 0:
                     chunk_count[k] = (a_stop - a_start) * B

@@ -20,6 +20,7 @@ SHAPES = [
     ((64, 3, 40, 40), 1),     # channels-first: many rows, groups of channels smaller than the group
     ((3, 20, 70, 70), 1),     # channels-first with fewer rows than a chunk wants
     ((9, 17, 1000), 1),       # channels-first, rows in pairs and a leftover row
+    ((1, 3, 300, 300), 1),    # one image: one chunk, one channel per work item
 ]
 
 
