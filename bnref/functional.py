@@ -80,7 +80,9 @@ class _Prepared:
         return sums
 
 
-def _invstd(var: np.ndarray, eps: float) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def _invstd(var, eps):
+    """1/sqrt(var + eps), per channel (jitted, so that the jitted formulas below share it)."""
     return 1.0 / np.sqrt(var + eps)
 
 
@@ -113,7 +115,7 @@ def _var_and_scale(mean, m2, count, gamma, eps):
     """var = M2/m (biased), scale = gamma * invstd with invstd = 1/sqrt(var + eps), and whether
     mean and var are finite in every channel."""
     var = m2 / count
-    scale = gamma * (1.0 / np.sqrt(var + eps))
+    scale = gamma * _invstd(var, eps)
     return var, scale, np.isfinite(mean + var).all()
 
 
