@@ -62,6 +62,12 @@ COMBINE_MIN_BLOCKS = 8
 #: below this many elements a kernel runs single-threaded: waking threads costs more than the
 #: work, and on a loaded machine (pytest -n auto) parallel regions on tiny arrays stall badly
 PARALLEL_MIN_ELEMENTS = 1 << 16
+#: :func:`forward_fused` takes work items of at most this many bytes of x (they must stay in L2)
+FUSED_ITEM_BYTES = 1 << 20
+#: ... at least this many of them where the channels allow (balance)
+FUSED_MIN_ITEMS = 8
+#: ... and, channels-last, tiles of at least this many channels
+FUSED_MIN_LANES = 64
 
 
 def _prange_only() -> dict:
@@ -588,6 +594,44 @@ def _block_from_end(i, size, n):
     return lo, min(n, lo + size)
 
 
+@njit(cache=True, nogil=True)
+def _combine_rows(x, mean, k_x, k_0, out, u, k_u, v, k_v, a_lo, a_hi, c0, c1):
+    """:func:`combine` on rows a_lo..a_hi, channels c0..c1 of a channels-last ``x`` (B == 1).
+
+    The inner loop indexes slices from 0: with an index from ``c0`` Numba cannot prove it
+    non-negative, keeps the wraparound test, and the loop does not vectorize (6x slower)."""
+    A, C, _ = x.shape
+    w = c1 - c0
+    mu, kx, k0 = mean[c0:c1], k_x[c0:c1], k_0[c0:c1]
+    ku = kx if k_u is None else k_u[c0:c1]
+    kv = kx if k_v is None else k_v[c0:c1]
+    xf, of = x.reshape(A * C), out.reshape(A * C)
+    uf = xf if u is None else u.reshape(A * C)
+    vf = xf if v is None else v.reshape(A * C)
+    for a in range(a_lo, a_hi):
+        o = a * C + c0
+        xr, orow, ur, vr = xf[o: o + w], of[o: o + w], uf[o: o + w], vf[o: o + w]
+        for j in range(w):
+            value = kx[j] * (xr[j] - mu[j])
+            if u is not None:
+                value += ku[j] * ur[j]
+            if v is not None:
+                value += kv[j] * vr[j]
+            orow[j] = value + k0[j]
+
+
+@njit(cache=True, nogil=True)
+def _combine_run(x, mean, k_x, k_0, out, u, k_u, v, k_v, a, c):
+    """:func:`combine` on the run ``x[a, c, :]`` of a channels-first ``x``."""
+    mean_c = mean[c]
+    kx = k_x[c]
+    ku = 0.0 if k_u is None else k_u[c]
+    kv = 0.0 if k_v is None else k_v[c]
+    k0 = k_0[c]
+    for b in range(x.shape[2]):
+        out[a, c, b] = _combine_value(x[a, c, b], mean_c, u, v, a, c, b, kx, ku, kv, k0)
+
+
 @_kernel()
 def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None):
     """out = k_x*(x - mean) + k_u*u + k_v*v + k_0, with per-channel (C,) float64 coefficients.
@@ -607,21 +651,76 @@ def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None):
     if B == 1:
         for i in prange(-(-items // block)):
             lo, hi = _block_from_end(i, block, items)
-            for a in range(lo, hi):
-                for c in range(C):
-                    out[a, c, 0] = _combine_value(x[a, c, 0], mean[c], u, v, a, c, 0, k_x[c],
-                                                  0.0 if k_u is None else k_u[c],
-                                                  0.0 if k_v is None else k_v[c], k_0[c])
+            _combine_rows(x, mean, k_x, k_0, out, u, k_u, v, k_v, lo, hi, 0, C)
     else:
         for i in prange(-(-items // block)):
             lo, hi = _block_from_end(i, block, items)
             for ac in range(lo, hi):
                 a = ac // C
-                c = ac - a * C
-                mean_c = mean[c]
-                kx = k_x[c]
-                ku = 0.0 if k_u is None else k_u[c]
-                kv = 0.0 if k_v is None else k_v[c]
-                k0 = k_0[c]
-                for b in range(B):
-                    out[a, c, b] = _combine_value(x[a, c, b], mean_c, u, v, a, c, b, kx, ku, kv, k0)
+                _combine_run(x, mean, k_x, k_0, out, u, k_u, v, k_v, a, ac - a * C)
+
+
+@njit(cache=True, nogil=True)
+def invstd(var, eps):
+    """1/sqrt(var + eps), per channel (jitted, so that jitted code can share it)."""
+    return 1.0 / np.sqrt(var + eps)
+
+
+def fused_width(A: int, C: int, B: int, itemsize: int) -> int:
+    """Channels per work item of :func:`forward_fused`, or 0 where it does not apply.
+
+    The fused forward gives each work item whole channels (every row), so a channel's values
+    must fit in the L2 cache together: at most :data:`FUSED_ITEM_BYTES` per item. Channels-first
+    items are single channels; channels-last items are tiles of at least :data:`FUSED_MIN_LANES`
+    channels (shorter rows do not stream), narrow enough to give :data:`FUSED_MIN_ITEMS` items.
+    Depends on the shape only, so the result never depends on the thread count.
+    """
+    if A * B == 0 or C == 0:
+        return 0
+    if B > 1:
+        return 1 if A * B * itemsize <= FUSED_ITEM_BYTES else 0
+    width = min(C, LANES, max(FUSED_MIN_LANES, 16 * -(-C // (16 * FUSED_MIN_ITEMS))))
+    return width if A * width * itemsize <= FUSED_ITEM_BYTES else 0
+
+
+@_kernel()
+def forward_fused(x, gamma, beta, eps, width, rows_per_block, out):
+    """The whole training forward in one parallel region, for inputs whose channels fit in L2
+    one work item at a time (:func:`fused_width`): returns float64 ``(mean, var)`` and writes
+    ``out = gamma*invstd*(x - mean) + beta``.
+
+    Each item takes ``width`` channels over all rows: their statistics (as in
+    :func:`channel_moments`, one chunk, about a sample of each channel), then the per-channel
+    ``scale = gamma*invstd``, then the normalization, which reads x from the cache the
+    statistics left it in. x crosses the memory bus once instead of twice, and a small input
+    pays for one kernel call instead of four.
+    """
+    A, C, B = x.shape
+    mean = np.zeros(C)  # of x - shift, then of x
+    m2 = np.zeros(C)
+    var = np.empty(C)
+    scale = np.empty(C)
+    shift = np.empty(C)
+    for c in range(C):
+        shift[c] = x[0, c, 0]
+    items = -(-C // width)
+    for t in prange(items):
+        c0 = t * width
+        c1 = min(C, c0 + width)
+        if B == 1:
+            n = _tile_moments(x.reshape(A * C), C, c0, c1, 0, A, rows_per_block, shift,
+                              mean[c0:c1], m2[c0:c1])
+        else:
+            _group_moments(x, shift, c0, c1, 0, A, rows_per_block, mean, m2)
+            n = float(A * B)
+        for c in range(c0, c1):
+            mean[c] += shift[c]
+            var[c] = m2[c] / n
+            scale[c] = gamma[c] * invstd(var[c], eps)
+        if B == 1:
+            _combine_rows(x, mean, scale, beta, out, None, None, None, None, 0, A, c0, c1)
+        else:
+            for c in range(c0, c1):
+                for a in range(A - 1, -1, -1):  # last rows first: they are the ones still in L1
+                    _combine_run(x, mean, scale, beta, out, None, None, None, None, a, c)
+    return mean, var

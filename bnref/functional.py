@@ -80,10 +80,7 @@ class _Prepared:
         return sums
 
 
-@njit(cache=True, nogil=True)
-def _invstd(var, eps):
-    """1/sqrt(var + eps), per channel (jitted, so that the jitted formulas below share it)."""
-    return 1.0 / np.sqrt(var + eps)
+_invstd = _kernels.invstd  # 1/sqrt(var + eps), per channel (jitted: the fused forward uses it too)
 
 
 def _nonnegative(name: str, var: np.ndarray) -> np.ndarray:
@@ -163,7 +160,8 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
         gamma, beta: ``(C,)``, the dtype of ``x``.
         eps: > 0, added to the variance inside the square root.
         channel_axis: the feature axis (1 = PyTorch, -1 = Flax/Keras).
-        out: optional buffer for ``y`` (shape and dtype of ``x``), reused instead of allocating.
+        out: optional buffer for ``y`` (shape and dtype of ``x``), reused instead of allocating
+            (if the call raises, its contents are unspecified).
 
     Returns:
         ``(y, mean, var)``: ``y`` like ``x``; ``mean`` and the biased ``var`` as ``(C,)`` float64.
@@ -176,9 +174,18 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
     gamma = prep.vector("gamma", gamma)
     beta = prep.vector("beta", beta)
     eps = _checks.eps_value(eps)
-    mean, var, scale = _moments(prep, gamma, eps)
+    a, c, b = prep.x3.shape
+    width = _kernels.fused_width(a, c, b, prep.x.itemsize)
+    if not width:
+        mean, var, scale = _moments(prep, gamma, eps)
+        y, y3, finish = prep.output(out)
+        prep.kernel(_kernels.combine)(prep.x3, mean, scale, beta, y3)
+        return finish(), mean, var
+    # x fits in cache a few channels at a time: statistics and normalization in one pass
     y, y3, finish = prep.output(out)
-    prep.kernel(_kernels.combine)(prep.x3, mean, scale, beta, y3)
+    mean, var = prep.kernel(_kernels.forward_fused)(prep.x3, gamma, beta, eps, width,
+                                                    _kernels.block_rows(width if b == 1 else c, b), y3)
+    _checks.finite_stats("the batch mean or variance of x", mean + var, prep.axis)
     return finish(), mean, var
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bnref
-from bnref import _kernels
+from bnref import _kernels, testing
 
 # (shape, channel_axis); each comment says what the shape exercises
 SHAPES = [
@@ -40,8 +40,19 @@ def _reference(x, dy, gamma, eps, axis):
     return mean.ravel(), var.ravel(), g * xhat, dx, dgamma.ravel(), dbeta.ravel()
 
 
+@pytest.fixture(params=["fused", "split"])
+def forward_path(request, monkeypatch):
+    """Run the training forward through :func:`bnref._kernels.forward_fused` on every shape
+    ("fused"), or never ("split": channel_moments, then combine)."""
+    if request.param == "fused":
+        monkeypatch.setattr(_kernels, "FUSED_ITEM_BYTES", 1 << 62)
+    else:
+        monkeypatch.setattr(_kernels, "fused_width", lambda *shape: 0)
+    return request.param
+
+
 @pytest.mark.parametrize("shape,axis", SHAPES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
-def test_large_inputs_match_float64_numpy(shape, axis):
+def test_large_inputs_match_float64_numpy(shape, axis, forward_path):
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape) * 3 + 7
     dy = rng.standard_normal(shape)
@@ -69,3 +80,34 @@ def test_chunking_covers_every_row_once_with_no_empty_chunk():
                 assert 1 <= nchunks <= _kernels.MAX_CHUNKS
                 if a:
                     assert (nchunks - 1) * rows < a <= nchunks * rows, (a, size_per_row, width, nchunks, rows)
+
+
+def test_fused_width_takes_what_fits_in_l2():
+    # channels-first: one channel per item while a channel's values fit in FUSED_ITEM_BYTES
+    assert _kernels.fused_width(64, 64, 3136, 4) == 1            # 64x64x56x56 float32: 0.8 MB a channel
+    assert _kernels.fused_width(64, 64, 3136, 8) == 0            # ... float64: 1.6 MB
+    # channels-last: tiles of at least FUSED_MIN_LANES channels, at most LANES, about 8 of them
+    assert _kernels.fused_width(100, 784, 1, 4) == 112           # the MNIST layer: 7 tiles
+    assert _kernels.fused_width(256, 4096, 1, 4) == _kernels.LANES
+    assert _kernels.fused_width(10, 20, 1, 4) == 20              # fewer channels than a tile
+    assert _kernels.fused_width(200704, 64, 1, 4) == 0           # 64x56x56x64 NHWC: 51 MB a tile
+    assert _kernels.fused_width(0, 5, 1, 4) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((100, 784), 1), ((7, 5, 9), 1), ((3, 300, 2), 1), ((50, 3), 1)])
+def test_fused_forward_matches_the_split_one(shape, axis, dtype, monkeypatch):
+    """The fused forward and the split one compute the same sums in a different order: they
+    agree to float64 rounding, and y within the core tolerance of y (bnref.testing)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 2 + 1e3).astype(dtype)
+    c = shape[axis]
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    assert _kernels.fused_width(*bnref.functional._Prepared(x, axis, training=True).x3.shape, x.itemsize)
+    y, mean, var = bnref.forward_train(x, gamma, beta, 1e-5, axis)
+    monkeypatch.setattr(_kernels, "fused_width", lambda *shape: 0)
+    y_split, mean_split, var_split = bnref.forward_train(x, gamma, beta, 1e-5, axis)
+    np.testing.assert_allclose(mean, mean_split, rtol=1e-15)
+    np.testing.assert_allclose(var, var_split, rtol=1e-9)  # x - mean carries 1e3/2 * u64 per value
+    tol = testing.tolerance("y", dtype, kappa=testing.condition_number(x, axis), m=x.size // c)
+    np.testing.assert_allclose(y, y_split, rtol=0, atol=tol * float(np.abs(y_split).max()))
