@@ -504,6 +504,44 @@ def _tile_sums(x, mean, dy, ddx, c0, c1, s, e, acc):
                 s_ddx_dy[j] += v0 * d0
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _runs_sums(x, mean_c, dy, ddx, c, a_start, a_stop):
+    """The five sums of :func:`channel_sums` for channel ``c`` of a channels-first ``x`` over
+    rows a_start..a_stop (the last three are 0 when ``ddx`` is None)."""
+    B = x.shape[2]
+    s_dy = 0.0
+    s_dy_xmu = 0.0
+    s_ddx = 0.0
+    s_ddx_xmu = 0.0
+    s_ddx_dy = 0.0
+    a = a_start
+    while a + 2 <= a_stop:  # two rows at a time: four memory streams with dy
+        x0, x1, g0, g1 = x[a, c], x[a + 1, c], dy[a, c], dy[a + 1, c]
+        for b in range(B):
+            xmu0, xmu1 = x0[b] - mean_c, x1[b] - mean_c
+            d0, d1 = np.float64(g0[b]), np.float64(g1[b])
+            s_dy += d0 + d1
+            s_dy_xmu += d0 * xmu0 + d1 * xmu1
+            if ddx is not None:
+                v0, v1 = np.float64(ddx[a, c, b]), np.float64(ddx[a + 1, c, b])
+                s_ddx += v0 + v1
+                s_ddx_xmu += v0 * xmu0 + v1 * xmu1
+                s_ddx_dy += v0 * d0 + v1 * d1
+        a += 2
+    for a in range(a, a_stop):
+        for b in range(B):
+            xmu = x[a, c, b] - mean_c
+            dy_v = np.float64(dy[a, c, b])
+            s_dy += dy_v
+            s_dy_xmu += dy_v * xmu
+            if ddx is not None:
+                ddx_v = np.float64(ddx[a, c, b])
+                s_ddx += ddx_v
+                s_ddx_xmu += ddx_v * xmu
+                s_ddx_dy += ddx_v * dy_v
+    return s_dy, s_dy_xmu, s_ddx, s_ddx_xmu, s_ddx_dy
+
+
 @_kernel(reassoc=True)
 def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
     """Per-channel sums over (A, B), float64 (5, C), with xmu = x - mean:
@@ -532,37 +570,7 @@ def channel_sums(x, mean, dy, ddx, rows_per_chunk, nchunks):
     else:
         for kc in prange(nchunks * C):
             k, c, a_start, a_stop = _chunk_channel(kc, C, rows_per_chunk, A)
-            mean_c = mean[c]
-            s_dy = 0.0
-            s_dy_xmu = 0.0
-            s_ddx = 0.0
-            s_ddx_xmu = 0.0
-            s_ddx_dy = 0.0
-            a = a_start
-            while a + 2 <= a_stop:  # two rows at a time: four memory streams with dy
-                x0, x1, g0, g1 = x[a, c], x[a + 1, c], dy[a, c], dy[a + 1, c]
-                for b in range(B):
-                    xmu0, xmu1 = x0[b] - mean_c, x1[b] - mean_c
-                    d0, d1 = np.float64(g0[b]), np.float64(g1[b])
-                    s_dy += d0 + d1
-                    s_dy_xmu += d0 * xmu0 + d1 * xmu1
-                    if ddx is not None:
-                        v0, v1 = np.float64(ddx[a, c, b]), np.float64(ddx[a + 1, c, b])
-                        s_ddx += v0 + v1
-                        s_ddx_xmu += v0 * xmu0 + v1 * xmu1
-                        s_ddx_dy += v0 * d0 + v1 * d1
-                a += 2
-            for a in range(a, a_stop):
-                for b in range(B):
-                    xmu = x[a, c, b] - mean_c
-                    dy_v = np.float64(dy[a, c, b])
-                    s_dy += dy_v
-                    s_dy_xmu += dy_v * xmu
-                    if ddx is not None:
-                        ddx_v = np.float64(ddx[a, c, b])
-                        s_ddx += ddx_v
-                        s_ddx_xmu += ddx_v * xmu
-                        s_ddx_dy += ddx_v * dy_v
+            s_dy, s_dy_xmu, s_ddx, s_ddx_xmu, s_ddx_dy = _runs_sums(x, mean[c], dy, ddx, c, a_start, a_stop)
             partial[k, 0, c] = s_dy
             partial[k, 1, c] = s_dy_xmu
             if ddx is not None:
@@ -666,10 +674,25 @@ def invstd(var, eps):
     return 1.0 / np.sqrt(var + eps)
 
 
-def fused_width(A: int, C: int, B: int, itemsize: int) -> int:
-    """Channels per work item of :func:`forward_fused`, or 0 where it does not apply.
+@njit(cache=True, nogil=True)
+def dx_coefficients(gamma, invstd, sum_dy, sum_dy_xhat, m):
+    """The per-channel coefficients of the backward's
+    dx = k_dy*dy + k_xmu*(x - mean) + k_const, from the sums over all ``m`` values:
 
-    The fused forward gives each work item whole channels (every row), so a channel's values
+    dx = gamma*invstd*dy - gamma*invstd^2*sum(dy xhat)/m * (x - mean) - gamma*invstd*sum(dy)/m
+    """
+    gamma_invstd = gamma * invstd
+    k_dy = gamma_invstd                                  # term 1: m*dy
+    k_xmu = -gamma_invstd * invstd * sum_dy_xhat / m     # term 3: xhat * sum(dy xhat)
+    k_const = -gamma_invstd * sum_dy / m                 # term 2: sum(dy)
+    return k_dy, k_xmu, k_const
+
+
+def fused_width(A: int, C: int, B: int, itemsize: int) -> int:
+    """Channels per work item of :func:`forward_fused` or :func:`backward_fused`, or 0 where
+    they do not apply; ``itemsize`` is the bytes per value the pass reads (x; x and dy).
+
+    A fused kernel gives each work item whole channels (every row), so a channel's values
     must fit in the L2 cache together: at most :data:`FUSED_ITEM_BYTES` per item. Channels-first
     items are single channels; channels-last items are tiles of at least :data:`FUSED_MIN_LANES`
     channels (shorter rows do not stream), narrow enough to give :data:`FUSED_MIN_ITEMS` items.
@@ -724,3 +747,43 @@ def forward_fused(x, gamma, beta, eps, width, rows_per_block, out):
                 for a in range(A - 1, -1, -1):  # last rows first: they are the ones still in L1
                     _combine_run(x, mean, scale, beta, out, None, None, None, None, a, c)
     return mean, var
+
+
+@_kernel()
+def backward_fused(x, dy, gamma, mean, invstd, width, out):
+    """The whole backward in one parallel region, for inputs whose channels (x and dy) fit in
+    L2 one work item at a time (:func:`fused_width`): returns float64 ``(sum dy, sum dy*xhat)``
+    as (2, C) and writes ``out = dx`` (:func:`dx_coefficients`).
+
+    Each item takes ``width`` channels over all rows: their sums (as :func:`channel_sums`, one
+    chunk), then the coefficients of dx, then dx, which reads x and dy from the cache.
+    """
+    A, C, B = x.shape
+    sums = np.zeros((2, C))
+    k_dy = np.empty(C)
+    k_xmu = np.empty(C)
+    k_const = np.empty(C)
+    m = float(A * B)
+    items = -(-C // width)
+    for t in prange(items):
+        c0 = t * width
+        c1 = min(C, c0 + width)
+        if B == 1:
+            acc = np.zeros((2, c1 - c0))
+            _tile_sums(x, mean, dy, None, c0, c1, 0, A, acc)
+            for c in range(c0, c1):
+                sums[0, c] = acc[0, c - c0]
+                sums[1, c] = acc[1, c - c0]
+        else:
+            for c in range(c0, c1):
+                sums[0, c], sums[1, c], _, _, _ = _runs_sums(x, mean[c], dy, None, c, 0, A)
+        for c in range(c0, c1):
+            sums[1, c] *= invstd[c]  # sum dy*(x - mean) -> sum dy*xhat
+            k_dy[c], k_xmu[c], k_const[c] = dx_coefficients(gamma[c], invstd[c], sums[0, c], sums[1, c], m)
+        if B == 1:
+            _combine_rows(x, mean, k_xmu, k_const, out, dy, k_dy, None, None, 0, A, c0, c1)
+        else:
+            for c in range(c0, c1):
+                for a in range(A - 1, -1, -1):  # last rows first: they are the ones still in L1
+                    _combine_run(x, mean, k_xmu, k_const, out, dy, k_dy, None, None, a, c)
+    return sums

@@ -80,7 +80,9 @@ class _Prepared:
         return sums
 
 
-_invstd = _kernels.invstd  # 1/sqrt(var + eps), per channel (jitted: the fused forward uses it too)
+# per-channel formulas that the fused kernels use too, so they live with them (jitted)
+_invstd = _kernels.invstd
+_dx_coefficients = _kernels.dx_coefficients
 
 
 def _nonnegative(name: str, var: np.ndarray) -> np.ndarray:
@@ -114,16 +116,6 @@ def _var_and_scale(mean, m2, count, gamma, eps):
     var = m2 / count
     scale = gamma * _invstd(var, eps)
     return var, scale, np.isfinite(mean + var).all()
-
-
-@njit(cache=True, nogil=True)
-def _dx_coefficients(gamma, invstd, sum_dy, sum_dy_xhat, m):
-    """The (C,) coefficients of dx = k_dy*dy + k_xmu*(x - mean) + k_const (see :func:`_dx`)."""
-    gamma_invstd = gamma * invstd
-    k_dy = gamma_invstd                                  # term 1: m*dy
-    k_xmu = -gamma_invstd * invstd * sum_dy_xhat / m     # term 3: xhat * sum(dy xhat)
-    k_const = -gamma_invstd * sum_dy / m                 # term 2: sum(dy)
-    return k_dy, k_xmu, k_const
 
 
 def _moments(prep: _Prepared, gamma: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -225,7 +217,7 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
         dy: cotangent of ``y``, shape and dtype of ``x``.
         x, gamma, eps, channel_axis: as given to :func:`forward_train`.
         mean, var: ``(C,)`` as returned by :func:`forward_train` (``xhat`` is recomputed from them).
-        out: optional buffer for ``dx``.
+        out: optional buffer for ``dx`` (if the call raises, its contents are unspecified).
 
     Returns:
         ``(dx, dgamma, dbeta)``: ``dx`` like ``x``; ``dgamma``, ``dbeta`` ``(C,)`` in x's dtype.
@@ -236,10 +228,18 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
     mean = prep.vector("mean", mean, stats=True)
     var = _nonnegative("var", prep.vector("var", var, stats=True))
     invstd = _invstd(var, _checks.eps_value(eps))
-    sums = prep.sums(mean, invstd, dy3)
+    a, c, b = prep.x3.shape
+    width = _kernels.fused_width(a, c, b, 2 * prep.x.itemsize)
+    if width:  # x and dy fit in cache a few channels at a time: sums and dx in one pass
+        dx, dx3, finish = prep.output(out)
+        sums = prep.kernel(_kernels.backward_fused)(prep.x3, dy3, gamma, mean, invstd, width, dx3)
+        dx = finish()
+    else:
+        sums = prep.sums(mean, invstd, dy3)
     sum_dy, sum_dy_xhat = sums[0], sums[1]
     _checks.finite_stats("sum(dy) or sum(dy * xhat)", sum_dy + sum_dy_xhat, prep.axis)
-    dx = _dx(prep, dy3, gamma, mean, invstd, sum_dy, sum_dy_xhat, prep.count, out)
+    if not width:
+        dx = _dx(prep, dy3, gamma, mean, invstd, sum_dy, sum_dy_xhat, prep.count, out)
     dtype = prep.x.dtype
     return dx, sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
 

@@ -42,8 +42,9 @@ def _reference(x, dy, gamma, eps, axis):
 
 @pytest.fixture(params=["fused", "split"])
 def forward_path(request, monkeypatch):
-    """Run the training forward through :func:`bnref._kernels.forward_fused` on every shape
-    ("fused"), or never ("split": channel_moments, then combine)."""
+    """Run the training forward and the backward through the fused kernels
+    (:func:`bnref._kernels.forward_fused`, :func:`bnref._kernels.backward_fused`) on every shape
+    ("fused"), or never ("split": channel_moments or channel_sums, then combine)."""
     if request.param == "fused":
         monkeypatch.setattr(_kernels, "FUSED_ITEM_BYTES", 1 << 62)
     else:
@@ -111,3 +112,25 @@ def test_fused_forward_matches_the_split_one(shape, axis, dtype, monkeypatch):
     np.testing.assert_allclose(var, var_split, rtol=1e-9)  # x - mean carries 1e3/2 * u64 per value
     tol = testing.tolerance("y", dtype, kappa=testing.condition_number(x, axis), m=x.size // c)
     np.testing.assert_allclose(y, y_split, rtol=0, atol=tol * float(np.abs(y_split).max()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((100, 784), 1), ((7, 5, 9), 1), ((3, 300, 2), 1), ((50, 3), 1)])
+def test_fused_backward_matches_the_split_one(shape, axis, dtype, monkeypatch):
+    """The same for the backward: the sums agree to float64 rounding, dx within its tolerance."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * 2 + 1e3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[axis]
+    gamma = rng.standard_normal(c).astype(dtype)
+    _, mean, var = bnref.forward_train(x, gamma, gamma, 1e-5, axis)
+    assert _kernels.fused_width(*bnref.functional._Prepared(x, axis, training=True).x3.shape, 2 * x.itemsize)
+    dx, dgamma, dbeta = bnref.backward(dy, x, gamma, mean, var, 1e-5, axis)
+    monkeypatch.setattr(_kernels, "fused_width", lambda *shape: 0)
+    dx_split, dgamma_split, dbeta_split = bnref.backward(dy, x, gamma, mean, var, 1e-5, axis)
+    m = x.size // c  # sums of m terms of size ~1 (dy) and ~3 (dy * xhat), in other orders
+    ulp = np.finfo(dtype).eps  # both are rounded to the dtype at the end
+    np.testing.assert_allclose(dbeta, dbeta_split, rtol=ulp, atol=m * 1e-15 * np.abs(dy).max())
+    np.testing.assert_allclose(dgamma, dgamma_split, rtol=ulp, atol=m * 1e-13 * np.abs(dy).max())
+    tol = testing.tolerance("dx", dtype, kappa=testing.condition_number(x, axis), m=x.size // c)
+    np.testing.assert_allclose(dx, dx_split, rtol=0, atol=tol * float(np.abs(dx_split).max()) * m)
