@@ -23,9 +23,11 @@ layout (docs/performance.md has the measurements behind each choice):
   tile of at most :data:`LANES` channels with one float64 accumulator per channel (in L1), over
   the four quarters of a block of rows at once, and the work is split over (chunk, tile) items.
 
-The statistics' second pass over a block runs fused with the first pass of the next block, and
-:func:`combine` takes its blocks last to first, so that it starts on the part of x the pass
-before it left in cache.
+The statistics take one pass per block about the running mean, with a second pass only for a
+block whose one-pass M2 would cancel (see :data:`CANCELLATION_LIMIT`), and :func:`combine` takes
+its blocks last to first, so that it starts on the part of x the pass before it left in cache.
+Where a work item's channels fit in L2, :func:`forward_fused` and :func:`backward_fused` do a
+whole pass (reduction, then elementwise) per item, so x crosses the memory bus once.
 
 The reductions are compiled with ``fastmath={"reassoc"}`` and nothing else: it lets LLVM split a
 sum over ``b`` into SIMD lanes (a fixed, thread-independent order, as accurate as sequential
@@ -45,15 +47,14 @@ BLOCK_ELEMENTS = 1 << 15
 #: the reduction over A is split into at most this many chunks, whatever the thread count
 MAX_CHUNKS = 16
 #: ... each of at least this many rows (unless there is only one): the statistics pass reads
-#: that many rows at once (see :func:`_lanes_sum`)
+#: that many rows at once (see :func:`_lanes_s1s2`)
 ROWS_IN_FLIGHT = 4
 #: ... and of at least this many elements (unless there is only one)
 CHUNK_MIN_ELEMENTS = 1 << 15
 #: channels-last kernels work on tiles of at most this many channels (the lanes of their inner
 #: loops), so that the float64 accumulators, one per channel (a few x 4 KB), stay in L1
 LANES = 512
-#: channels-first statistics take up to this many channels per work item, so that a block's
-#: second pass can run fused with the first pass of the next channel's block
+#: channels-first statistics take up to this many channels per work item (fewer, longer items)
 CHANNEL_GROUP = 8
 #: :func:`combine` hands out work in blocks of about this many elements (whole rows or runs)
 COMBINE_BLOCK_ELEMENTS = 1 << 14
@@ -177,29 +178,56 @@ def _chan_merge(mean, m2, mean_other, m2_other, w_other, w_cross):
 # below keep four streams in flight: four rows of one channel (channels-first), or the four
 # quarters of a block of rows (channels-last). The adds are float64, in an order fixed by the
 # shape.
+#
+# One pass per block: the sums S1 = sum d and S2 = sum d^2 of d = x - center, about a center
+# close to the mean (the running mean of the blocks before; a sample of the channel for the
+# first block), give the block's M2 = S2 - S1^2/n. That subtraction loses log2(S2/M2) bits, so
+# it is accepted only while S2 <= CANCELLATION_LIMIT * M2, and otherwise the block, still in
+# cache, takes a second pass about its own mean (the two-pass M2). Either way M2 keeps all but
+# at most log2(CANCELLATION_LIMIT) = 4 of the bits of a two-pass.
+
+#: the most cancellation a one-pass block M2 may carry (S2 / M2; see above)
+CANCELLATION_LIMIT = 16.0
+
+
+@njit(cache=True, nogil=True)
+def _block_m2(s1, s2, n):
+    """(mean of d, M2) of a block of ``n`` values d from S1 = sum d, S2 = sum d^2, and whether
+    the one-pass M2 is within :data:`CANCELLATION_LIMIT` (False for NaN: the second pass then
+    carries the NaN on)."""
+    block_mean = s1 / n
+    m2 = s2 - s1 * block_mean
+    return block_mean, m2, s2 <= CANCELLATION_LIMIT * m2 or s2 == 0.0
+
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _runs_shifted_sum(x, c, s, e, shift_c):
-    """sum over rows s..e-1 and all b of (x[a, c, b] - shift_c), four rows (runs) at a time."""
-    total = 0.0
+def _runs_s1s2(x, c, s, e, center):
+    """(sum, sum of squares) over rows s..e-1 and all b of d = x[a, c, b] - center, four rows
+    (runs) at a time."""
+    s1 = 0.0
+    s2 = 0.0
     a = s
     while a + 4 <= e:
         r0, r1, r2, r3 = x[a, c], x[a + 1, c], x[a + 2, c], x[a + 3, c]
         for b in range(r0.shape[0]):
-            total += ((r0[b] - shift_c) + (r1[b] - shift_c)) + ((r2[b] - shift_c) + (r3[b] - shift_c))
+            d0, d1, d2, d3 = r0[b] - center, r1[b] - center, r2[b] - center, r3[b] - center
+            s1 += (d0 + d1) + (d2 + d3)
+            s2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
         a += 4
     while a < e:
         r0 = x[a, c]
         for b in range(r0.shape[0]):
-            total += r0[b] - shift_c
+            d = r0[b] - center
+            s1 += d
+            s2 += d * d
         a += 1
-    return total
+    return s1, s2
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _runs_m2(x, c, s, e, center):
-    """sum over rows s..e-1 and all b of (x[a, c, b] - center)^2, four rows at a time (the second
-    pass, about ``center = shift + block mean``)."""
+    """sum over rows s..e-1 and all b of (x[a, c, b] - center)^2, four rows at a time (the
+    second pass of a block that failed the cancellation test, about its own mean)."""
     total = 0.0
     a = s
     while a + 4 <= e:
@@ -215,77 +243,32 @@ def _runs_m2(x, c, s, e, center):
             total += d * d
         a += 1
     return total
-
-
-@njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _runs_sum_and_m2(x, c_next, s_next, shift_next, c, s, rows, center):
-    """:func:`_runs_shifted_sum` of the next block (channel ``c_next``, rows from ``s_next``) and
-    :func:`_runs_m2` of this one, both ``rows`` rows, in one sweep: the second pass, which reads
-    the cache, overlaps the next block's first pass, which reads memory. Returns (sum, m2)."""
-    total_next = 0.0
-    total = 0.0
-    i = 0
-    while i + 4 <= rows:
-        n0, n1, n2, n3 = x[s_next + i, c_next], x[s_next + i + 1, c_next], x[s_next + i + 2, c_next], x[s_next + i + 3, c_next]
-        r0, r1, r2, r3 = x[s + i, c], x[s + i + 1, c], x[s + i + 2, c], x[s + i + 3, c]
-        for b in range(r0.shape[0]):
-            total_next += ((n0[b] - shift_next) + (n1[b] - shift_next)) + ((n2[b] - shift_next) + (n3[b] - shift_next))
-            d0, d1, d2, d3 = r0[b] - center, r1[b] - center, r2[b] - center, r3[b] - center
-            total += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-        i += 4
-    while i < rows:
-        n0, r0 = x[s_next + i, c_next], x[s + i, c]
-        for b in range(r0.shape[0]):
-            total_next += n0[b] - shift_next
-            d = r0[b] - center
-            total += d * d
-        i += 1
-    return total_next, total
-
-
-@njit(cache=True, nogil=True)
-def _run_block(j, blocks_per_channel, c_lo, a_start, a_stop, rows_per_block):
-    """Block ``j`` of a channels-first work item: (channel, first row, stop row)."""
-    c = c_lo + j // blocks_per_channel
-    s = a_start + (j % blocks_per_channel) * rows_per_block
-    return c, s, min(a_stop, s + rows_per_block)
 
 
 @njit(cache=True, nogil=True)
 def _group_moments(x, shift, c_lo, c_hi, a_start, a_stop, rows_per_block, mean_out, m2_out):
     """Channels-first: the mean (of x - shift) and M2 of channels c_lo..c_hi over rows
-    a_start..a_stop, into ``mean_out``/``m2_out`` (indexed by channel). Blocks go channel by
-    channel, down the rows; each block's second pass runs fused with the next block's first."""
+    a_start..a_stop, into ``mean_out``/``m2_out`` (indexed by channel): blocks of
+    ``rows_per_block`` rows down each channel, one pass each (see above), merged in order."""
     B = x.shape[2]
-    per_channel = -(-(a_stop - a_start) // rows_per_block)
-    nblocks = (c_hi - c_lo) * per_channel
-    c, s, e = _run_block(0, per_channel, c_lo, a_start, a_stop, rows_per_block)
-    total = _runs_shifted_sum(x, c, s, e, shift[c])
-    n = 0.0
-    mean = 0.0
-    m2 = 0.0
-    for j in range(nblocks):
-        c, s, e = _run_block(j, per_channel, c_lo, a_start, a_stop, rows_per_block)
-        n_block = float((e - s) * B)
-        block_mean = total / n_block
-        center = shift[c] + block_mean
-        if j + 1 < nblocks:
-            c_next, s_next, e_next = _run_block(j + 1, per_channel, c_lo, a_start, a_stop, rows_per_block)
-            if e_next - s_next == e - s:
-                total, block_m2 = _runs_sum_and_m2(x, c_next, s_next, shift[c_next], c, s, e - s, center)
-            else:
-                block_m2 = _runs_m2(x, c, s, e, center)
-                total = _runs_shifted_sum(x, c_next, s_next, e_next, shift[c_next])
-        else:
-            block_m2 = _runs_m2(x, c, s, e, center)
-        if j % per_channel == 0:
-            n, mean, m2 = 0.0, 0.0, 0.0
-        w_other, w_cross = _merge_weights(n, n_block)
-        mean, m2 = _chan_merge(mean, m2, block_mean, block_m2, w_other, w_cross)
-        n += n_block
-        if j % per_channel == per_channel - 1:
-            mean_out[c] = mean
-            m2_out[c] = m2
+    for c in range(c_lo, c_hi):
+        center = x[a_start, c, 0]  # a sample of the channel: the first block's center
+        n = 0.0
+        mean = 0.0
+        m2 = 0.0
+        for s in range(a_start, a_stop, rows_per_block):
+            e = min(a_stop, s + rows_per_block)
+            n_block = float((e - s) * B)
+            s1, s2 = _runs_s1s2(x, c, s, e, center)
+            block_mean, block_m2, accurate = _block_m2(s1, s2, n_block)
+            if not accurate:
+                block_m2 = _runs_m2(x, c, s, e, center + block_mean)
+            w_other, w_cross = _merge_weights(n, n_block)
+            mean, m2 = _chan_merge(mean, m2, (center - shift[c]) + block_mean, block_m2, w_other, w_cross)
+            n += n_block
+            center = shift[c] + mean
+        mean_out[c] = mean
+        m2_out[c] = m2
 
 
 @njit(cache=True, nogil=True)
@@ -298,31 +281,13 @@ def _quarters(xf, o, gap, w):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _lanes_sum(xf, p, stride, rows, center, acc):
-    """acc[j] += sum over the block's rows of (x - center[j]), lane by lane.
+def _lanes_s1s2(xf, p, stride, rows, center, s1, s2):
+    """s1[j] += sum of d, s2[j] += sum of d^2, d = x - center[j], over the block's rows, lane
+    by lane.
 
-    A block is ``rows`` rows of ``w = len(acc)`` lanes (channels); row i starts at
+    A block is ``rows`` rows of ``w = len(s1)`` lanes (channels); row i starts at
     ``p + i*stride`` in the flat x. Its four quarters are read at once, then the rows left over."""
-    w = acc.shape[0]
-    q = max(rows, 0) // 4
-    for i in range(q):
-        o = p + i * stride
-        r0, r1 = xf[o: o + w], xf[o + q * stride: o + q * stride + w]
-        r2, r3 = xf[o + 2 * q * stride: o + 2 * q * stride + w], xf[o + 3 * q * stride: o + 3 * q * stride + w]
-        for j in range(w):
-            cj = center[j]
-            acc[j] += ((r0[j] - cj) + (r1[j] - cj)) + ((r2[j] - cj) + (r3[j] - cj))
-    for i in range(4 * q, rows):
-        r0 = xf[p + i * stride: p + i * stride + w]
-        for j in range(w):
-            acc[j] += r0[j] - center[j]
-
-
-@njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _lanes_m2(xf, p, stride, rows, center, acc):
-    """acc[j] += sum over the block's rows of (x - center[j])^2, lane by lane (the second pass,
-    about ``center = shift + block mean``)."""
-    w = acc.shape[0]
+    w = s1.shape[0]
     q = max(rows, 0) // 4
     for i in range(q):
         o = p + i * stride
@@ -331,74 +296,73 @@ def _lanes_m2(xf, p, stride, rows, center, acc):
         for j in range(w):
             cj = center[j]
             d0, d1, d2, d3 = r0[j] - cj, r1[j] - cj, r2[j] - cj, r3[j] - cj
-            acc[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            s1[j] += (d0 + d1) + (d2 + d3)
+            s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
     for i in range(4 * q, rows):
         r0 = xf[p + i * stride: p + i * stride + w]
         for j in range(w):
             d = r0[j] - center[j]
-            acc[j] += d * d
+            s1[j] += d
+            s2[j] += d * d
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _lanes_sum_and_m2(xf, p_next, shift, acc_next, p, center, acc, stride, rows):
-    """:func:`_lanes_sum` of the next block (at ``p_next``, about ``shift``) and :func:`_lanes_m2`
-    of this one (about ``center``), of the same shape, in one sweep: the second pass, which reads
-    the cache, overlaps the next block's first pass, which reads memory. The same adds in the
-    same order as the two calls."""
+def _lanes_m2(xf, p, stride, rows, center, acc):
+    """acc[j] += sum over the block's rows of (x - center[j])^2, lane by lane (the second pass
+    of a block that failed the cancellation test, about its own mean)."""
     w = acc.shape[0]
     q = max(rows, 0) // 4
     for i in range(q):
-        o, on = p + i * stride, p_next + i * stride
+        o = p + i * stride
         r0, r1 = xf[o: o + w], xf[o + q * stride: o + q * stride + w]
         r2, r3 = xf[o + 2 * q * stride: o + 2 * q * stride + w], xf[o + 3 * q * stride: o + 3 * q * stride + w]
-        n0, n1 = xf[on: on + w], xf[on + q * stride: on + q * stride + w]
-        n2, n3 = xf[on + 2 * q * stride: on + 2 * q * stride + w], xf[on + 3 * q * stride: on + 3 * q * stride + w]
         for j in range(w):
-            sj, cj = shift[j], center[j]
-            acc_next[j] += ((n0[j] - sj) + (n1[j] - sj)) + ((n2[j] - sj) + (n3[j] - sj))
+            cj = center[j]
             d0, d1, d2, d3 = r0[j] - cj, r1[j] - cj, r2[j] - cj, r3[j] - cj
             acc[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
     for i in range(4 * q, rows):
         r0 = xf[p + i * stride: p + i * stride + w]
-        n0 = xf[p_next + i * stride: p_next + i * stride + w]
         for j in range(w):
-            acc_next[j] += n0[j] - shift[j]
             d = r0[j] - center[j]
             acc[j] += d * d
 
 
 @njit(cache=True, nogil=True)
 def _tile_moments(xf, C, c0, c1, a_start, a_stop, rows_per_block, shift, mean_out, m2_out):
-    """Channels-last: merge the mean and M2 of channels c0..c1 over rows a_start..a_stop of the
-    flat ``xf`` into ``mean_out``/``m2_out`` (zeros on entry); returns the count per channel.
-
-    Blocks of ``rows_per_block`` rows go down the rows, each block's two passes as above, the
-    second fused with the next block's first."""
+    """Channels-last: merge the mean (of x - shift) and M2 of channels c0..c1 over rows
+    a_start..a_stop of the flat ``xf`` into ``mean_out``/``m2_out`` (zeros on entry); returns
+    the count per channel. Blocks of ``rows_per_block`` rows go down the rows, one pass each
+    (see above), all lanes at once."""
+    if a_stop <= a_start:
+        return 0.0
     w = c1 - c0
     shift_t = shift[c0:c1]
-    lane_mean, center, sums, m2s = np.empty(w), np.empty(w), np.zeros(w), np.zeros(w)
+    center, s1, s2, block_center = np.empty(w), np.empty(w), np.empty(w), np.empty(w)
+    first = a_start * C + c0
+    for j in range(w):
+        center[j] = xf[first + j]  # a sample of each channel: the first block's center
     n = 0.0
-    s, e = a_start, min(a_stop, a_start + rows_per_block)
-    _lanes_sum(xf, s * C + c0, C, e - s, shift_t, sums)
-    while s < a_stop:
-        rows = e - s
+    for s in range(a_start, a_stop, rows_per_block):
+        rows = min(a_stop, s + rows_per_block) - s
+        s1[:] = 0.0
+        s2[:] = 0.0
+        _lanes_s1s2(xf, s * C + c0, C, rows, center, s1, s2)
+        accurate = True
         for j in range(w):
-            lane_mean[j] = sums[j] / rows  # of x - shift
-            center[j] = shift_t[j] + lane_mean[j]
-            sums[j] = 0.0
-            m2s[j] = 0.0
-        s_next, e_next = e, min(a_stop, e + rows_per_block)
-        if e_next - s_next == rows:
-            _lanes_sum_and_m2(xf, s_next * C + c0, shift_t, sums, s * C + c0, center, m2s, C, rows)
-        else:
-            _lanes_m2(xf, s * C + c0, C, rows, center, m2s)
-            if s_next < e_next:
-                _lanes_sum(xf, s_next * C + c0, C, e_next - s_next, shift_t, sums)
+            block_mean, m2, ok = _block_m2(s1[j], s2[j], float(rows))
+            s1[j], s2[j] = block_mean, m2
+            accurate &= ok
+        if not accurate:  # rare: a second pass for the whole tile, about each lane's block mean
+            for j in range(w):
+                block_center[j] = center[j] + s1[j]
+                s2[j] = 0.0
+            _lanes_m2(xf, s * C + c0, C, rows, block_center, s2)
         w_other, w_cross = _merge_weights(n, float(rows))
         for j in range(w):
-            mean_out[j], m2_out[j] = _chan_merge(mean_out[j], m2_out[j], lane_mean[j], m2s[j], w_other, w_cross)
+            mean_out[j], m2_out[j] = _chan_merge(mean_out[j], m2_out[j], (center[j] - shift_t[j]) + s1[j], s2[j],
+                                                 w_other, w_cross)
+            center[j] = shift_t[j] + mean_out[j]
         n += rows
-        s, e = s_next, e_next
     return n
 
 
@@ -407,10 +371,10 @@ def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
     """Per-channel mean and M2 of ``x`` (A, C, B) about ``shift`` (C,), both float64 (C,).
 
     Returns ``(mean - shift, M2)``; ``shift`` is a sample of each channel. Each block of
-    rows is summed, then its M2 about its own mean is taken while the block is still in cache,
-    and blocks are merged with Chan, Golub & LeVeque's pairwise update -- a one-pass,
-    two-pass-accurate scheme. Shifting by a sample of the channel makes a constant channel give
-    exactly 0 and 0.
+    rows gives its sums of d and d^2 about a center near the mean (the running mean; a sample
+    of the channel for the first block), from which its M2 follows with bounded cancellation,
+    or else a second pass while the block is in cache (:data:`CANCELLATION_LIMIT`); blocks are
+    merged with Chan, Golub & LeVeque's pairwise update. A constant channel gives exactly 0, 0.
     """
     A, C, B = x.shape
     chunk_count = np.zeros(nchunks)
@@ -459,7 +423,7 @@ def channel_moments(x, shift, rows_per_chunk, nchunks, rows_per_block):
 def _tile_sums(x, mean, dy, ddx, c0, c1, s, e, acc):
     """acc[r] += row r of :func:`channel_sums` over rows s..e-1 of channels-last ``x`` for the
     channels c0..c1 (``acc`` is (2 or 5, c1 - c0)): the rows' four quarters at a time, as in
-    :func:`_lanes_sum`, then the rows left over."""
+    :func:`_lanes_s1s2`, then the rows left over."""
     A, C, _ = x.shape
     xf, dyf = x.reshape(A * C), dy.reshape(A * C)
     if ddx is not None:

@@ -1,9 +1,10 @@
 r"""Proofs and a worked example for the numerics of the batch statistics (step 11).
 
 The textbook one-pass formula E[x^2] - E[x]^2 is exact in exact arithmetic and useless
-in float32 when |mean| >> std; bnref shifts by a sample of the channel, takes a
-two-pass M2 per cache-sized block in float64 and merges blocks with Chan et al.'s
-update (bnref/_kernels.py: channel_moments). The merge is proved exact below.
+in float32 when |mean| >> std; bnref takes it per cache-sized block in float64 about a
+center near the mean, with a second pass for any block where it would cancel, and merges
+blocks with Chan et al.'s update (bnref/_kernels.py: channel_moments). The merge is
+proved exact below.
 """
 from __future__ import annotations
 
@@ -169,3 +170,47 @@ def test_channel_moments_kernel_merges_exactly(shape, rows_per_block, nchunks):
         np.testing.assert_allclose(shift + mean_shifted, flat.mean(axis=1), rtol=1e-14)
         np.testing.assert_allclose(m2, ((flat - flat.mean(axis=1, keepdims=True)) ** 2).sum(axis=1),
                                    rtol=1e-12)
+
+
+def test_block_m2_accepts_only_bounded_cancellation():
+    r"""Step 11: a block's one-pass $M_2 = S_2 - S_1^2/n$ is used only while $S_2 \le 16\,M_2$
+    (at most 4 bits lost to cancellation); NaN always goes to the second pass.
+
+    > $$S_2 \le 16\,M_2$$
+    """
+    limit = _kernels.CANCELLATION_LIMIT
+    assert _kernels._block_m2(0.0, 0.0, 4.0) == (0.0, 0.0, True)             # a constant block
+    assert _kernels._block_m2(0.0, 8.0, 4.0) == (0.0, 8.0, True)             # centered: S2 = M2
+    # S1 = 2 over n = 4 values: S1^2/n = 1, so M2 = S2 - 1 and S2/M2 = r for S2 = r/(r - 1)
+    assert _kernels._block_m2(2.0, (limit - 1) / (limit - 2), 4.0)[2]       # S2/M2 = 15: one pass
+    assert not _kernels._block_m2(2.0, (limit + 1) / limit, 4.0)[2]         # S2/M2 = 17: two
+    assert not _kernels._block_m2(400.0, 40001.0, 4.0)[2]                    # S2/M2 = 40001
+    assert not _kernels._block_m2(float("nan"), 1.0, 4.0)[2]
+    assert not _kernels._block_m2(1.0, float("nan"), 4.0)[2]
+
+
+@pytest.mark.parametrize("shape", [(8192, 3, 1), (2, 3, 4096), (8192, 600, 1)], ids=lambda s: "x".join(map(str, s)))
+def test_one_pass_falls_back_to_two_passes_where_it_would_cancel(shape):
+    r"""Step 11: the worst case of the one-pass block is its first block, centered on a sample
+    that lies far from the rest ($S_2/M_2$ up to $n$). There the block takes its second pass,
+    and the variance keeps float64 accuracy; without it, it is off by 4e-11 here.
+
+    > $$\mu_{block} = c + \frac{S_1}{n}, \qquad M_2 = S_2 - \frac{S_1^2}{n}, \qquad S_1 = \sum d,\ S_2 = \sum d^2$$
+    """
+    rng = np.random.default_rng(0)
+    x3 = rng.normal(0.0, 1e-3, size=shape)
+    x3[0] = 1.0  # the first sample of every channel: the first block's center
+    exact = x3.transpose(1, 0, 2).reshape(shape[1], -1).astype(np.longdouble)
+    exact_mean = exact.mean(axis=1)
+    exact_m2 = ((exact - exact_mean[:, None]) ** 2).sum(axis=1)
+    shift = x3[0, :, 0].copy()
+    rows_per_block = _kernels.block_rows(shape[1], shape[2])
+    for nchunks in (1, 4):
+        rows = -(-shape[0] // nchunks)
+        for moments in (_kernels.channel_moments, _kernels.channel_moments.serial):
+            mean_shifted, m2 = moments(x3, shift, rows, nchunks, rows_per_block)
+            np.testing.assert_allclose(m2, exact_m2.astype(np.float64), rtol=1e-13)
+            # the mean, like any sum, to u64 * sqrt(m) relative to max|x| = 1
+            np.testing.assert_allclose(shift + mean_shifted, exact_mean.astype(np.float64), rtol=0, atol=1e-14)
+    _, mean, var = bnref.forward_train(x3, np.ones(shape[1]), np.zeros(shape[1]), 1e-5, 1)  # the fused forward
+    np.testing.assert_allclose(var, (exact_m2 / exact.shape[1]).astype(np.float64), rtol=1e-13)
