@@ -670,6 +670,19 @@ def fused_width(A: int, C: int, B: int, itemsize: int) -> int:
     return width if A * width * itemsize <= FUSED_ITEM_BYTES else 0
 
 
+@njit(cache=True, nogil=True)
+def _combine_channels(x, mean, k_x, k_0, out, u, k_u, c0, c1):
+    """:func:`combine` (without ``v``) on channels c0..c1 over all rows: the elementwise half of a
+    fused kernel's work item, right after its reduction read the same values."""
+    A, _, B = x.shape
+    if B == 1:
+        _combine_rows(x, mean, k_x, k_0, out, u, k_u, None, None, 0, A, c0, c1)
+    else:
+        for c in range(c0, c1):
+            for a in range(A - 1, -1, -1):  # last rows first: they are the ones still in L1
+                _combine_run(x, mean, k_x, k_0, out, u, k_u, None, None, a, c)
+
+
 @_kernel()
 def forward_fused(x, gamma, beta, eps, width, rows_per_block, out):
     """The whole training forward in one parallel region, for inputs whose channels fit in L2
@@ -704,12 +717,7 @@ def forward_fused(x, gamma, beta, eps, width, rows_per_block, out):
             mean[c] += shift[c]
             var[c] = m2[c] / n
             scale[c] = gamma[c] * invstd(var[c], eps)
-        if B == 1:
-            _combine_rows(x, mean, scale, beta, out, None, None, None, None, 0, A, c0, c1)
-        else:
-            for c in range(c0, c1):
-                for a in range(A - 1, -1, -1):  # last rows first: they are the ones still in L1
-                    _combine_run(x, mean, scale, beta, out, None, None, None, None, a, c)
+        _combine_channels(x, mean, scale, beta, out, None, None, c0, c1)
     return mean, var
 
 
@@ -744,10 +752,5 @@ def backward_fused(x, dy, gamma, mean, invstd, width, out):
         for c in range(c0, c1):
             sums[1, c] *= invstd[c]  # sum dy*(x - mean) -> sum dy*xhat
             k_dy[c], k_xmu[c], k_const[c] = dx_coefficients(gamma[c], invstd[c], sums[0, c], sums[1, c], m)
-        if B == 1:
-            _combine_rows(x, mean, k_xmu, k_const, out, dy, k_dy, None, None, 0, A, c0, c1)
-        else:
-            for c in range(c0, c1):
-                for a in range(A - 1, -1, -1):  # last rows first: they are the ones still in L1
-                    _combine_run(x, mean, k_xmu, k_const, out, dy, k_dy, None, None, a, c)
+        _combine_channels(x, mean, k_xmu, k_const, out, dy, k_dy, c0, c1)
     return sums
