@@ -641,6 +641,9 @@ def invstd(var, eps):
     return 1.0 / np.sqrt(var + eps)
 
 
+_invstd_of = invstd  # the same function under a name that backward_fused's local array invstd does not hide
+
+
 @njit(cache=True, nogil=True)
 def dx_coefficients(gamma, invstd, sum_dy, sum_dy_xhat, m):
     """The per-channel coefficients of the backward's
@@ -674,6 +677,15 @@ def fused_width(A: int, C: int, B: int, itemsize: int) -> int:
 
 
 @njit(cache=True, nogil=True)
+def _all_finite(u, v):
+    """Whether u + v is finite everywhere (what the caller checks; here it costs no NumPy calls)."""
+    for c in range(u.shape[0]):
+        if not np.isfinite(u[c] + v[c]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
 def _combine_channels(x, mean, k_x, k_0, out, u, k_u, c0, c1):
     """:func:`combine` (without ``v``) on channels c0..c1 over all rows: the elementwise half of a
     fused kernel's work item, right after its reduction read the same values."""
@@ -689,8 +701,8 @@ def _combine_channels(x, mean, k_x, k_0, out, u, k_u, c0, c1):
 @_kernel()
 def forward_fused(x, gamma, beta, eps, width, rows_per_block, out):
     """The whole training forward in one parallel region, for inputs whose channels fit in L2
-    one work item at a time (:func:`fused_width`): returns float64 ``(mean, var)`` and writes
-    ``out = gamma*invstd*(x - mean) + beta``.
+    one work item at a time (:func:`fused_width`): returns float64 ``(mean, var)``, whether
+    both are finite in every channel, and writes ``out = gamma*invstd*(x - mean) + beta``.
 
     Each item takes ``width`` channels over all rows: their statistics (as in
     :func:`channel_moments`, one chunk, about a sample of each channel), then the per-channel
@@ -721,19 +733,24 @@ def forward_fused(x, gamma, beta, eps, width, rows_per_block, out):
             var[c] = m2[c] / n
             scale[c] = gamma[c] * invstd(var[c], eps)
         _combine_channels(x, mean, scale, beta, out, None, None, c0, c1)
-    return mean, var
+    return mean, var, _all_finite(mean, var)
 
 
 @_kernel()
-def backward_fused(x, dy, gamma, mean, invstd, width, out):
+def backward_fused(x, dy, gamma, mean, var, eps, width, out):
     """The whole backward in one parallel region, for inputs whose channels (x and dy) fit in
     L2 one work item at a time (:func:`fused_width`): returns float64 ``(sum dy, sum dy*xhat)``
-    as (2, C) and writes ``out = dx`` (:func:`dx_coefficients`).
+    as (2, C), whether they are finite in every channel, and writes ``out = dx``
+    (:func:`dx_coefficients`).
 
     Each item takes ``width`` channels over all rows: their sums (as :func:`channel_sums`, one
     chunk), then the coefficients of dx, then dx, which reads x and dy from the cache.
+    ``invstd = 1/sqrt(var + eps)`` per channel, as :func:`invstd` (the same bits).
     """
     A, C, B = x.shape
+    invstd = np.empty(C)
+    for c in range(C):
+        invstd[c] = _invstd_of(var[c], eps)
     sums = np.zeros((2, C))
     k_dy = np.empty(C)
     k_xmu = np.empty(C)
@@ -756,4 +773,4 @@ def backward_fused(x, dy, gamma, mean, invstd, width, out):
             sums[1, c] *= invstd[c]  # sum dy*(x - mean) -> sum dy*xhat
             k_dy[c], k_xmu[c], k_const[c] = dx_coefficients(gamma[c], invstd[c], sums[0, c], sums[1, c], m)
         _combine_channels(x, mean, k_xmu, k_const, out, dy, k_dy, c0, c1)
-    return sums
+    return sums, _all_finite(sums[0], sums[1])
