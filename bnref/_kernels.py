@@ -75,6 +75,10 @@ FUSED_ITEM_BYTES = 1 << 20
 FUSED_MIN_ITEMS = 8
 #: ... and, channels-last, tiles of at least this many channels
 FUSED_MIN_LANES = 64
+#: ... over at most this many rows: beyond them the split kernels, whose work items are
+#: chunks of whole rows, win (measured, float32, 2 threads: (1000, 784) 28 % faster split,
+#: (512, 784) a tie, (200, 784) and (384, 2048) about 20 % faster fused)
+FUSED_MAX_ROWS = 512
 
 
 def _prange_only() -> dict:
@@ -668,13 +672,16 @@ def fused_width(A: int, C: int, B: int, itemsize: int) -> int:
     A fused kernel gives each work item whole channels (every row), so a channel's values
     must fit in the L2 cache together: at most :data:`FUSED_ITEM_BYTES` per item. Channels-first
     items are single channels; channels-last items are tiles of at least :data:`FUSED_MIN_LANES`
-    channels (shorter rows do not stream), narrow enough to give :data:`FUSED_MIN_ITEMS` items.
+    channels (shorter rows do not stream), narrow enough to give :data:`FUSED_MIN_ITEMS` items,
+    over at most :data:`FUSED_MAX_ROWS` rows.
     Depends on the shape only, so the result never depends on the thread count.
     """
     if A * B == 0 or C == 0:
         return 0
     if B > 1:
         return 1 if A * B * itemsize <= FUSED_ITEM_BYTES else 0
+    if A > FUSED_MAX_ROWS:
+        return 0
     width = min(C, LANES, max(FUSED_MIN_LANES, 16 * -(-C // (16 * FUSED_MIN_ITEMS))))
     return width if A * width * itemsize <= FUSED_ITEM_BYTES else 0
 

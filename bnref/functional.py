@@ -42,8 +42,12 @@ class _Prepared:
 
     def vector(self, name, value, *, stats: bool = False) -> np.ndarray:
         """A (C,) argument as float64; parameters must match x's dtype, statistics may be either."""
-        arr = _checks.per_channel(name, value, self.channels, None if stats else self.x.dtype)
-        return arr.astype(np.float64, copy=False)  # read only: no kernel writes to its inputs
+        return self.parameter(name, value, stats=stats).astype(np.float64, copy=False)  # kernels only read it
+
+    def parameter(self, name, value, *, stats: bool = False) -> np.ndarray:
+        """A checked (C,) argument in its own dtype, for kernels that read it into float64 math
+        themselves (the same bits, one conversion fewer per call)."""
+        return _checks.per_channel(name, value, self.channels, None if stats else self.x.dtype)
 
     def like_x(self, name, value) -> np.ndarray:
         return self.layout.view(_checks.same_shape(name, value, self.x))
@@ -171,12 +175,13 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
         or non-finite, channel_axis out of range, a single value per channel, non-finite data.
     """
     prep = _Prepared(x, channel_axis, training=True)
-    gamma = prep.vector("gamma", gamma)
-    beta = prep.vector("beta", beta)
+    gamma = prep.parameter("gamma", gamma)
+    beta = prep.parameter("beta", beta)
     eps = _checks.eps_value(eps)
     a, c, b = prep.x3.shape
     width = _kernels.fused_width(a, c, b, prep.x.itemsize)
     if not width:
+        gamma, beta = gamma.astype(np.float64), beta.astype(np.float64)
         mean, var, scale = _moments(prep, gamma, eps)
         y, y3, finish = prep.output(out)
         prep.kernel(_kernels.combine)(prep.x3, mean, scale, beta, y3)
@@ -233,7 +238,7 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
     """
     prep = _Prepared(x, channel_axis, training=True)
     dy3 = prep.like_x("dy", dy)
-    gamma = prep.vector("gamma", gamma)
+    gamma = prep.parameter("gamma", gamma)
     mean = prep.vector("mean", mean, stats=True)
     var = _nonnegative("var", prep.vector("var", var, stats=True))
     eps = _checks.eps_value(eps)
@@ -244,6 +249,7 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
         sums, finite = prep.kernel(_kernels.backward_fused)(prep.x3, dy3, gamma, mean, var, eps, width, dx3)
         dx = finish()
     else:
+        gamma = gamma.astype(np.float64)
         invstd = _invstd(var, eps)
         sums = prep.sums(mean, invstd, dy3)
         finite = False  # not checked yet

@@ -92,6 +92,8 @@ def test_fused_width_takes_what_fits_in_l2():
     assert _kernels.fused_width(256, 4096, 1, 4) == _kernels.LANES
     assert _kernels.fused_width(10, 20, 1, 4) == 20              # fewer channels than a tile
     assert _kernels.fused_width(200704, 64, 1, 4) == 0           # 64x56x56x64 NHWC: 51 MB a tile
+    assert _kernels.fused_width(_kernels.FUSED_MAX_ROWS, 784, 1, 4) == 112
+    assert _kernels.fused_width(_kernels.FUSED_MAX_ROWS + 1, 784, 1, 4) == 0   # many rows: split
     assert _kernels.fused_width(0, 5, 1, 4) == 0
 
 
