@@ -47,6 +47,7 @@ def forward_path(request, monkeypatch):
     ("fused"), or never ("split": channel_moments or channel_sums, then combine)."""
     if request.param == "fused":
         monkeypatch.setattr(_kernels, "FUSED_ITEM_BYTES", 1 << 62)
+        monkeypatch.setattr(_kernels, "FUSED_MAX_ROWS", 1 << 62)
     else:
         monkeypatch.setattr(_kernels, "fused_width", lambda *shape: 0)
     return request.param
@@ -61,6 +62,8 @@ def test_large_inputs_match_float64_numpy(shape, axis, forward_path):
     gamma, beta = 1 + 0.1 * rng.standard_normal(c), np.zeros(c)
     eps = 1e-5
     mean_ref, var_ref, y_ref, dx_ref, dgamma_ref, dbeta_ref = _reference(x, dy, gamma, eps, axis)
+    acb = bnref.functional._Prepared(x, axis, training=True).x3.shape
+    assert bool(_kernels.fused_width(*acb, 2 * x.itemsize)) == (forward_path == "fused")
     y, mean, var = bnref.forward_train(x, gamma, beta, eps, axis)
     dx, dgamma, dbeta = bnref.backward(dy, x, gamma, mean, var, eps, axis)
     m = x.size // c
