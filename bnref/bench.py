@@ -118,6 +118,37 @@ def _stream_affine(x, a, b, y):
         y[i] = a * x[i] + b
 
 
+#: pieces per bound loop below: enough for 2-16 threads to share evenly
+_PIECES = 64
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc"})
+def _read_sum(x, y):
+    """A read-only bound: sum of x (and of y, unless it is None) over flat buffers, float64,
+    in fixed pieces (each sliced from 0, so that the loop vectorizes)."""
+    n = x.shape[0]
+    per = -(-n // _PIECES)
+    partial = np.zeros(_PIECES)
+    for t in prange(_PIECES):
+        lo, hi = min(n, t * per), min(n, (t + 1) * per)
+        xs = x[lo:hi]
+        ys = xs if y is None else y[lo:hi]
+        total = 0.0
+        for i in range(hi - lo):
+            total += xs[i]
+            if y is not None:
+                total += ys[i]
+        partial[t] = total
+    return partial.sum()
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _stream_two(x, a, y, b, out):
+    """The bound of an elementwise pass over two inputs: out = a*x + b*y, regular stores."""
+    for i in prange(x.shape[0]):
+        out[i] = a * x[i] + b * y[i]
+
+
 # ---------------------------------------------------------------- timing
 
 def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3, settle_s: float = 5e-4) -> dict:
@@ -288,6 +319,84 @@ def limit_calls(nbytes: int, dtype) -> dict:
     a, b = np.dtype(dtype).type(1.5), np.dtype(dtype).type(0.25)
     return {("ceiling", "stream"): lambda: _stream_affine(src, a, b, dst),
             ("copy", "copy"): lambda: np.copyto(dst, src)}
+
+
+#: (shape, layout) of the --passes breakdown: the large shapes, whose passes stream memory
+PASS_SHAPES = [((64, 64, 56, 56), "NCHW"), ((64, 64, 56, 56), "NHWC"),
+               ((32, 256, 28, 28), "NCHW"), ((32, 256, 28, 28), "NHWC")]
+
+
+def pass_calls(inp: dict) -> dict:
+    """(pass, "bnref" | "bound") -> callable: each pass of bnref's split kernels, and the simplest
+    loop with the same memory traffic (reads x, dy; writes y, dx) as its bound."""
+    from bnref import _kernels  # the benchmark measures the kernels themselves here
+
+    x, dy = inp["x"], inp["dy"]
+    prep = bnref.functional._Prepared(x, inp["axis"], training=True)
+    x3, dy3 = prep.x3, prep.layout.view(dy)
+    a, c, b = x3.shape
+    out = np.empty_like(x3)
+    xf, dyf, outf = x3.reshape(-1), dy3.reshape(-1), out.reshape(-1)
+    shift = x3[0, :, 0].astype(np.float64)
+    mean = shift + 0.5
+    coef = np.full(c, 1.1)
+    nchunks, rows = _kernels.chunking(a, x3.size, c if b == 1 else 0)
+    sum_chunks, sum_rows = _kernels.chunking(a, x3.size)
+    block = _kernels.block_rows(c, b)
+    one, half = x.dtype.type(1.1), x.dtype.type(0.5)
+    return {
+        ("statistics", "bnref"): lambda: _kernels.channel_moments(x3, shift, rows, nchunks, block),
+        ("statistics", "bound"): lambda: _read_sum(xf, None),
+        ("forward combine", "bnref"): lambda: _kernels.combine(x3, mean, coef, coef, out),
+        ("forward combine", "bound"): lambda: _stream_affine(xf, one, half, outf),
+        ("backward sums", "bnref"): lambda: _kernels.channel_sums(x3, mean, dy3, None, sum_rows, sum_chunks),
+        ("backward sums", "bound"): lambda: _read_sum(xf, dyf),
+        ("backward combine", "bnref"): lambda: _kernels.combine(x3, mean, coef, coef, out, dy3, coef),
+        ("backward combine", "bound"): lambda: _stream_two(xf, one, dyf, half, outf),
+    }
+
+
+def run_passes(threads: int, repeats: int, dtype: str = "float32") -> list[dict]:
+    """Per large shape and pass: bnref's split kernel against its bound loop, round-robin in one
+    process (see :func:`pass_calls`); rows of shape, pass, ms, bound ms and their ratio."""
+    set_threads(threads)
+    rows = []
+    for shape, layout in PASS_SHAPES:
+        case = Case(shape, layout, dtype)
+        times = sample_ms(pass_calls(make_inputs(case)), repeats)
+        for (name, impl), (ms, _) in times.items():
+            if impl == "bnref":
+                bound = times[(name, "bound")][0]
+                rows.append(dict(case=case.label, dtype=dtype, threads=threads, step=name, ms=ms,
+                                 bound_ms=bound, ratio=ms / bound))
+    return rows
+
+
+def format_passes(rows: list[dict]) -> str:
+    lines = [f"{'case':20s} {'pass':18s} {'ms':>8s} {'bound ms':>9s} {'ratio':>6s}"]
+    lines += [f"{r['case']:20s} {r['step']:18s} {r['ms']:8.3f} {r['bound_ms']:9.3f} {r['ratio']:6.2f}"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    """What the numbers depend on: CPU model, CPUs, and the cache sizes of CPU 0 (Linux sysfs)."""
+    caches = {}
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(root)):
+            path = os.path.join(root, index)
+            with open(os.path.join(path, "level")) as fh:
+                level = fh.read().strip()
+            with open(os.path.join(path, "type")) as fh:
+                kind = fh.read().strip()
+            with open(os.path.join(path, "size")) as fh:
+                size = fh.read().strip()
+            if kind != "Instruction":
+                caches[f"L{level}{'d' if kind == 'Data' else ''}"] = size
+    except OSError:
+        pass
+    return dict(processor=_cpu_name(), cpus=os.cpu_count(), caches=caches)
 
 
 def cold_start(repeats: int = 3) -> dict:
@@ -496,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc peak-memory pass")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess")
+    parser.add_argument("--passes", action="store_true",
+                        help="instead: each pass of bnref's split kernels on the large shapes against the "
+                             "simplest loop with its memory traffic (float32, the largest thread count)")
     args = parser.parse_args(argv)
 
     if args.from_json:
@@ -520,14 +632,24 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--only {args.only!r} matches none of {labels}")
 
     load = os.getloadavg()[0]
-    print(f"bnref bench: {len(cases)} cases x threads {threads}, {repeats} repeats, "
+    host = machine()
+    caches = ", ".join(f"{k} {v}" for k, v in host["caches"].items())
+    print(f"bnref bench: {host['processor'] or 'unknown CPU'} ({caches or 'caches unknown'}), "
           f"load average {load:.2f} on {os.cpu_count()} CPUs", file=sys.stderr)
+    if args.passes:
+        rows = run_passes(max(threads), repeats)
+        print(format_passes(rows))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(dict(meta=dict(host, repeats=repeats), passes=rows), fh, indent=1)
+        return 0
+    print(f"bnref bench: {len(cases)} cases x threads {threads}, {repeats} repeats", file=sys.stderr)
     rows = run(cases, threads, repeats, not args.no_torch, not args.no_memory)
     cold = None if args.no_cold_start else cold_start()
     if args.json:
         meta = dict(python=platform.python_version(), numpy=np.__version__, numba=numba.__version__,
-                    bnref=bnref.__version__, machine=platform.machine(), processor=_cpu_name(),
-                    cpus=os.cpu_count(), load_average_start=load, load_average_end=os.getloadavg()[0],
+                    bnref=bnref.__version__, machine=platform.machine(), processor=host["processor"],
+                    cpus=os.cpu_count(), caches=host["caches"], load_average_start=load, load_average_end=os.getloadavg()[0],
                     repeats=repeats, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
                     gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
                     threading_layer=numba.threading_layer())

@@ -85,3 +85,27 @@ def test_round_robin_shuffles_so_no_call_always_follows_the_same_one():
     assert len({tuple(r) for r in rounds}) > 1
     before = {name: {r[r.index(name) - 1] for r in rounds if r.index(name) > 0} for name in "abcd"}
     assert all(len(names) >= 2 for names in before.values()), before
+
+
+def test_pass_bounds_compute_what_they_stand_for():
+    """--passes compares each pass with a loop of the same traffic; those loops must compute their
+    sums and elementwise maps, or they could be optimized away and time nothing."""
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal(10_001), rng.standard_normal(10_001)
+    np.testing.assert_allclose(bench._read_sum(x, None), x.sum(), rtol=1e-12)
+    np.testing.assert_allclose(bench._read_sum(x, y), x.sum() + y.sum(), rtol=1e-12)
+    out = np.empty_like(x)
+    bench._stream_two(x, 1.5, y, -0.25, out)
+    np.testing.assert_allclose(out, 1.5 * x - 0.25 * y, rtol=1e-15)
+
+
+def test_pass_calls_cover_every_split_pass_with_a_bound():
+    inp = _case("NHWC", "float32", shape=(4, 8, 6, 6))
+    calls = bench.pass_calls(inp)
+    steps = {step for step, _ in calls}
+    assert steps == {"statistics", "forward combine", "backward sums", "backward combine"}
+    assert all((step, impl) in calls for step in steps for impl in ("bnref", "bound"))
+    mean, m2 = calls[("statistics", "bnref")]()
+    x64 = inp["x"].reshape(-1, 8).astype(np.float64)  # channels-last: (N*H*W, C)
+    np.testing.assert_allclose(m2, ((x64 - x64.mean(0)) ** 2).sum(0), rtol=1e-10)
+
