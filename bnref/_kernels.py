@@ -646,9 +646,6 @@ def invstd(var, eps):
     return 1.0 / np.sqrt(var + eps)
 
 
-_invstd_of = invstd  # the same function under a name that backward_fused's local array invstd does not hide
-
-
 @njit(cache=True, nogil=True)
 def dx_coefficients(gamma, invstd, sum_dy, sum_dy_xhat, m):
     """The per-channel coefficients of the backward's
@@ -685,8 +682,9 @@ def fused_width(A: int, C: int, B: int, itemsize: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _all_finite(u, v):
-    """Whether u + v is finite everywhere (what the caller checks; here it costs no NumPy calls)."""
+def all_finite(u, v):
+    """Whether u + v is finite in every channel (jitted: on a small input the NumPy version,
+    ``np.isfinite(u + v).all()``, costs 2 us)."""
     for c in range(u.shape[0]):
         if not np.isfinite(u[c] + v[c]):
             return False
@@ -741,7 +739,7 @@ def forward_fused(x, gamma, beta, eps, width, rows_per_block, out):
             var[c] = m2[c] / n
             scale[c] = gamma[c] * invstd(var[c], eps)
         _combine_channels(x, mean, scale, beta, out, None, None, c0, c1)
-    return mean, var, _all_finite(mean, var)
+    return mean, var, all_finite(mean, var)
 
 
 @_kernel()
@@ -753,12 +751,9 @@ def backward_fused(x, dy, gamma, mean, var, eps, width, out):
 
     Each item takes ``width`` channels over all rows: their sums (as :func:`channel_sums`, one
     chunk), then the coefficients of dx, then dx, which reads x and dy from the cache.
-    ``invstd = 1/sqrt(var + eps)`` per channel, as :func:`invstd` (the same bits).
     """
     A, C, B = x.shape
-    invstd = np.empty(C)
-    for c in range(C):
-        invstd[c] = _invstd_of(var[c], eps)
+    channel_invstd = invstd(var, eps)
     sums = np.zeros((2, C))
     k_dy = np.empty(C)
     k_xmu = np.empty(C)
@@ -778,7 +773,7 @@ def backward_fused(x, dy, gamma, mean, var, eps, width, out):
             for c in range(c0, c1):
                 sums[0, c], sums[1, c], _, _, _ = _runs_sums(x, mean[c], dy, None, c, 0, A)
         for c in range(c0, c1):
-            sums[1, c] *= invstd[c]  # sum dy*(x - mean) -> sum dy*xhat
-            k_dy[c], k_xmu[c], k_const[c] = dx_coefficients(gamma[c], invstd[c], sums[0, c], sums[1, c], m)
+            sums[1, c] *= channel_invstd[c]  # sum dy*(x - mean) -> sum dy*xhat
+            k_dy[c], k_xmu[c], k_const[c] = dx_coefficients(gamma[c], channel_invstd[c], sums[0, c], sums[1, c], m)
         _combine_channels(x, mean, k_xmu, k_const, out, dy, k_dy, c0, c1)
-    return sums, _all_finite(sums[0], sums[1])
+    return sums, all_finite(sums[0], sums[1])

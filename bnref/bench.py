@@ -54,6 +54,7 @@ import numpy as np
 from numba import njit, prange
 
 import bnref
+from bnref import _kernels
 from bnref._progress import Progress
 
 EPS = 1e-5
@@ -334,8 +335,6 @@ PASS_SHAPES = [((64, 64, 56, 56), "NCHW"), ((64, 64, 56, 56), "NHWC"),
 def pass_calls(inp: dict) -> dict:
     """(pass, "bnref" | "bound") -> callable: each pass of bnref's split kernels, and the simplest
     loop with the same memory traffic (reads x, dy; writes y, dx) as its bound."""
-    from bnref import _kernels  # the benchmark measures the kernels themselves here
-
     x, dy = inp["x"], inp["dy"]
     prep = bnref.functional._Prepared(x, inp["axis"], training=True)
     x3, dy3 = prep.x3, prep.layout.view(dy)
@@ -364,16 +363,20 @@ def pass_calls(inp: dict) -> dict:
 def run_passes(threads: int, repeats: int, dtype: str = "float32") -> list[dict]:
     """Per large shape and pass: bnref's split kernel against its bound loop, round-robin in one
     process (see :func:`pass_calls`); rows of shape, pass, ms, bound ms and their ratio."""
-    set_threads(threads)
+    limiter = set_threads(threads)
     rows = []
-    for shape, layout in PASS_SHAPES:
-        case = Case(shape, layout, dtype)
-        times = sample_ms(pass_calls(make_inputs(case)), repeats)
-        for (name, impl), (ms, _) in times.items():
-            if impl == "bnref":
-                bound = times[(name, "bound")][0]
-                rows.append(dict(case=case.label, dtype=dtype, threads=threads, step=name, ms=ms,
-                                 bound_ms=bound, ratio=ms / bound))
+    try:
+        for shape, layout in PASS_SHAPES:
+            case = Case(shape, layout, dtype)
+            times = sample_ms(pass_calls(make_inputs(case)), repeats)
+            for (name, impl), (ms, _) in times.items():
+                if impl == "bnref":
+                    bound = times[(name, "bound")][0]
+                    rows.append(dict(case=case.label, dtype=dtype, threads=threads, step=name, ms=ms,
+                                     bound_ms=bound, ratio=ms / bound))
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
     return rows
 
 

@@ -127,7 +127,7 @@ def _var_and_scale(mean, m2, count, gamma, eps):
     mean and var are finite in every channel."""
     var = m2 / count
     scale = gamma * _invstd(var, eps)
-    return var, scale, np.isfinite(mean + var).all()
+    return var, scale, _kernels.all_finite(mean, var)
 
 
 def _moments(prep: _Prepared, gamma: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -181,7 +181,8 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
     a, c, b = prep.x3.shape
     width = _kernels.fused_width(a, c, b, prep.x.itemsize)
     if not width:
-        gamma, beta = gamma.astype(np.float64), beta.astype(np.float64)
+        # the split kernels and formulas take float64 vectors (one specialization each)
+        gamma, beta = gamma.astype(np.float64, copy=False), beta.astype(np.float64, copy=False)
         mean, var, scale = _moments(prep, gamma, eps)
         y, y3, finish = prep.output(out)
         prep.kernel(_kernels.combine)(prep.x3, mean, scale, beta, y3)
@@ -249,10 +250,10 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
         sums, finite = prep.kernel(_kernels.backward_fused)(prep.x3, dy3, gamma, mean, var, eps, width, dx3)
         dx = finish()
     else:
-        gamma = gamma.astype(np.float64)
+        gamma = gamma.astype(np.float64, copy=False)
         invstd = _invstd(var, eps)
         sums = prep.sums(mean, invstd, dy3)
-        finite = False  # not checked yet
+        finite = _kernels.all_finite(sums[0], sums[1])
     sum_dy, sum_dy_xhat = sums[0], sums[1]
     if not finite:
         _checks.finite_stats("sum(dy) or sum(dy * xhat)", sum_dy + sum_dy_xhat, prep.axis)
