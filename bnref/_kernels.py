@@ -26,7 +26,7 @@ layout (docs/performance.md has the measurements behind each choice):
 The statistics take one pass per block about the running mean, with a second pass only for a
 block whose one-pass M2 would cancel (see :data:`CANCELLATION_LIMIT`), and :func:`combine` takes
 its blocks last to first, so that it starts on the part of x the pass before it left in cache.
-Where a work item's channels fit in L2, :func:`forward_fused` and :func:`backward_fused` do a
+Where a work item's channels fit in cache, :func:`forward_fused` and :func:`backward_fused` do a
 whole pass (reduction, then elementwise) per item, so x crosses the memory bus once.
 
 The loops over values are compiled with two fastmath flags and no others. ``reassoc`` (the
@@ -69,8 +69,16 @@ COMBINE_MIN_BLOCKS = 8
 #: below this many elements a kernel runs single-threaded: waking threads costs more than the
 #: work, and on a loaded machine (pytest -n auto) parallel regions on tiny arrays stall badly
 PARALLEL_MIN_ELEMENTS = 1 << 16
-#: :func:`forward_fused` takes work items of at most this many bytes of x (they must stay in L2)
-FUSED_ITEM_BYTES = 1 << 20
+#: :func:`forward_fused` and :func:`backward_fused` take work items of at most this many bytes
+#: of what they read (x; x and dy), so that the elementwise half re-reads the item from L2 or
+#: from a thread's share of L3, not from memory: 4 MB, measured float32 at 2 threads on a 1 MB
+#: L2, 32 MB L3 machine: the backward on 64x64x56x56 and 128x64x56x56 NCHW (1.6 and 3.2 MB a
+#: channel) 15-18 % faster fused than split, items of 6 MB no faster, 1 thread a tie (1 MB before)
+FUSED_ITEM_BYTES = 1 << 22
+#: ... but channels-first items over this many bytes (those re-read from L3) only where there are
+#: :data:`FUSED_MIN_ITEMS` of them: with fewer, the threads' shares are uneven (measured:
+#: (8, 3, 224, 224) and (16, 5, 160, 160), 1.5 MB a channel, 5-15 % slower fused)
+FUSED_L2_BYTES = 1 << 20
 #: ... at least this many of them where the channels allow (balance)
 FUSED_MIN_ITEMS = 8
 #: ... and, channels-last, tiles of at least this many channels
@@ -665,16 +673,18 @@ def fused_width(A: int, C: int, B: int, itemsize: int) -> int:
     they do not apply; ``itemsize`` is the bytes per value the pass reads (x; x and dy).
 
     A fused kernel gives each work item whole channels (every row), so a channel's values
-    must fit in the L2 cache together: at most :data:`FUSED_ITEM_BYTES` per item. Channels-first
-    items are single channels; channels-last items are tiles of at least :data:`FUSED_MIN_LANES`
-    channels (shorter rows do not stream), narrow enough to give :data:`FUSED_MIN_ITEMS` items,
-    over at most :data:`FUSED_MAX_ROWS` rows.
+    must stay in cache together: at most :data:`FUSED_ITEM_BYTES` per item. Channels-first
+    items are single channels, and those over :data:`FUSED_L2_BYTES` need
+    :data:`FUSED_MIN_ITEMS` channels; channels-last items are tiles of at least
+    :data:`FUSED_MIN_LANES` channels (shorter rows do not stream), narrow enough to give
+    :data:`FUSED_MIN_ITEMS` items, over at most :data:`FUSED_MAX_ROWS` rows.
     Depends on the shape only, so the result never depends on the thread count.
     """
     if A * B == 0 or C == 0:
         return 0
     if B > 1:
-        return 1 if A * B * itemsize <= FUSED_ITEM_BYTES else 0
+        item = A * B * itemsize
+        return 1 if item <= FUSED_L2_BYTES or (item <= FUSED_ITEM_BYTES and C >= FUSED_MIN_ITEMS) else 0
     if A > FUSED_MAX_ROWS:
         return 0
     width = min(C, LANES, max(FUSED_MIN_LANES, 16 * -(-C // (16 * FUSED_MIN_ITEMS))))

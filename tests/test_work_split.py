@@ -47,6 +47,7 @@ def forward_path(request, monkeypatch):
     ("fused"), or never ("split": channel_moments or channel_sums, then combine)."""
     if request.param == "fused":
         monkeypatch.setattr(_kernels, "FUSED_ITEM_BYTES", 1 << 62)
+        monkeypatch.setattr(_kernels, "FUSED_L2_BYTES", 1 << 62)
         monkeypatch.setattr(_kernels, "FUSED_MAX_ROWS", 1 << 62)
     else:
         monkeypatch.setattr(_kernels, "fused_width", lambda *shape: 0)
@@ -86,10 +87,14 @@ def test_chunking_covers_every_row_once_with_no_empty_chunk():
                     assert (nchunks - 1) * rows < a <= nchunks * rows, (a, size_per_row, width, nchunks, rows)
 
 
-def test_fused_width_takes_what_fits_in_l2():
+def test_fused_width_takes_what_stays_in_cache():
     # channels-first: one channel per item while a channel's values fit in FUSED_ITEM_BYTES
     assert _kernels.fused_width(64, 64, 3136, 4) == 1            # 64x64x56x56 float32: 0.8 MB a channel
-    assert _kernels.fused_width(64, 64, 3136, 8) == 0            # ... float64: 1.6 MB
+    assert _kernels.fused_width(64, 64, 3136, 8) == 1            # ... backward (x and dy): 1.6 MB
+    assert _kernels.fused_width(128, 64, 3136, 8) == 1           # 128x64x56x56 backward: 3.2 MB
+    assert _kernels.fused_width(256, 64, 3136, 8) == 0           # 256x64x56x56 backward: 6.4 MB
+    assert _kernels.fused_width(8, 3, 50176, 4) == 0             # 1.5 MB a channel, only 3 of them
+    assert _kernels.fused_width(8, 3, 4096, 4) == 1              # 128 KB a channel: fused, however few
     # channels-last: tiles of at least FUSED_MIN_LANES channels, at most LANES, about 8 of them
     assert _kernels.fused_width(100, 784, 1, 4) == 112           # the MNIST layer: 7 tiles
     assert _kernels.fused_width(256, 4096, 1, 4) == _kernels.LANES
