@@ -63,6 +63,8 @@ EPS = 1e-5
 SPIN_COUNT = 10_000
 #: bytes moved per |x| under the minimal-traffic model
 TRAFFIC = {"fwd": 2, "fwd+bwd": 5}
+#: timed samples per measurement unless --repeats says otherwise
+DEFAULT_REPEATS = 15
 
 
 @dataclass(frozen=True)
@@ -605,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=_int_list, default=None,
                         help=f"comma-separated thread counts (default 1,{numba.config.NUMBA_NUM_THREADS})")
     parser.add_argument("--dtypes", default=None, help="comma-separated, default float32,float64")
-    parser.add_argument("--repeats", type=int, default=None, help="timed samples per measurement (default 7)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed samples per measurement (default {DEFAULT_REPEATS}: medians of 7 moved "
+                             "by 10-20 %% between runs on the 2-vCPU VMs this was tuned on)")
     parser.add_argument("--from-json", metavar="FILE",
                         help="measure nothing: re-render a saved --json run (table, --markdown, --plot)")
     parser.add_argument("--only", metavar="TEXT,...",
@@ -630,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in dtypes:
         if np.dtype(dtype) not in (np.float32, np.float64):
             parser.error(f"--dtypes: {dtype!r} is not float32 or float64")
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = args.repeats or (3 if args.quick else DEFAULT_REPEATS)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     cases = [Case(shape, layout, dtype) for dtype in dtypes for shape, layout in shapes]
     if args.only:
