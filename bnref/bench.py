@@ -33,9 +33,9 @@ under a load average of 9: bnref fwd+bwd on 32x256x28x28 channels-last 288 ms wi
 33 ms without). Not spinning at all (``OMP_WAIT_POLICY=PASSIVE``) costs a sleeping thread's
 wake-up, about 80 us on this 2-core VM, at the start of every parallel region of either
 library (bnref 256x4096 float32 forward: 1.0 ms passive, 0.64 ms with a short spin). ``main``
-therefore sets ``GOMP_SPINCOUNT`` to :data:`SPIN_COUNT` (spin about 0.1-0.3 ms, then sleep), for
-both libraries alike, unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``,
-before either runtime starts.
+therefore sets ``GOMP_SPINCOUNT`` to :data:`~bnref._threads.SPIN_COUNT` (spin about 0.1-0.3 ms,
+then sleep), for both libraries alike, unless the environment sets ``OMP_WAIT_POLICY`` or
+``GOMP_SPINCOUNT``, before either runtime starts (:func:`bnref._threads.short_openmp_spin`).
 """
 from __future__ import annotations
 
@@ -56,11 +56,9 @@ from numba import njit, prange
 import bnref
 from bnref import _kernels
 from bnref._progress import Progress
+from bnref._threads import short_openmp_spin
 
 EPS = 1e-5
-#: GOMP_SPINCOUNT for both OpenMP runtimes (see the module docstring): an idle thread spins for
-#: about 0.1-0.3 ms, then sleeps
-SPIN_COUNT = 10_000
 #: bytes moved per |x| under the minimal-traffic model
 TRAFFIC = {"fwd": 2, "fwd+bwd": 5}
 #: timed samples per measurement unless --repeats says otherwise
@@ -594,9 +592,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # before torch is imported and before Numba starts its thread pool (see the module docstring)
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", str(SPIN_COUNT))
+    short_openmp_spin()  # before torch is imported and before Numba starts its thread pool
     import numba
 
     parser = argparse.ArgumentParser(prog="bnref bench", description=__doc__.splitlines()[0].replace("``", ""))

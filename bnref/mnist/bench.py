@@ -145,6 +145,9 @@ def _threading_layer(numba) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bnref._threads import short_openmp_spin
+
+    short_openmp_spin()  # inherited by the re-executed child, before torch starts its runtime
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
