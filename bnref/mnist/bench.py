@@ -12,7 +12,8 @@ the median step time times 600 (steps per MNIST epoch) is reported as seconds pe
 data of MNIST's shape: the time of a step does not depend on the pixel values.
 
 Thread counts of BLAS libraries are fixed when they load, so the process re-executes itself once with
-``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``NUMBA_NUM_THREADS`` set.
+``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``NUMBA_NUM_THREADS`` set, and
+with :func:`bnref._threads.defaults` (short spins) unless the user chose otherwise.
 """
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def _parser():
 
 
 def _reexec(argv: list[str], threads: int) -> int:
-    env = dict(os.environ, **{var: str(threads) for var in _THREAD_VARS}, **{_CHILD: "1"})
+    from bnref._threads import defaults
+
+    env = dict(os.environ, **{var: str(threads) for var in _THREAD_VARS}, **defaults(), **{_CHILD: "1"})
     return subprocess.call([sys.executable, "-m", "bnref.mnist.bench", *argv], env=env)
 
 
@@ -145,16 +148,13 @@ def _threading_layer(numba) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bnref._threads import short_openmp_spin
-
-    short_openmp_spin()  # inherited by the re-executed child, before torch starts its runtime
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
     for name in ("threads", "steps", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
-    if os.environ.get(_CHILD) != "1" and any(os.environ.get(v) != str(args.threads) for v in _THREAD_VARS):
+    if os.environ.get(_CHILD) != "1":  # the thread counts and defaults must be set before NumPy loads BLAS
         return _reexec(argv, args.threads)
     try:
         import torch  # noqa: F401

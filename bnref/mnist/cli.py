@@ -156,9 +156,6 @@ def _plot(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from bnref._threads import short_openmp_spin
-
-    short_openmp_spin()  # before torch (bench) and before the first parallel kernel
     argv = list(argv)
     if argv and argv[0] == "plot":
         return _plot(argv[1:])
