@@ -44,6 +44,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from bnref._nontemporal import rows_nt, wrapped
+
 #: a statistics block holds about this many values of one channel (channels-first) or of one
 #: tile of channels (channels-last): 512 KB of float32, so that the rare second pass reads the
 #: L2 cache, not memory (4x the earlier 32k: the statistics pass 10 % faster, fewer restarts of
@@ -66,6 +68,12 @@ CHANNEL_GROUP = 8
 COMBINE_BLOCK_ELEMENTS = 1 << 16
 #: ... and in at least this many blocks, so that threads get equal shares of a small input
 COMBINE_MIN_BLOCKS = 8
+#: channels-last, :func:`combine` (without ``v``) writes an output of at least this many bytes with
+#: non-temporal stores (:mod:`bnref._nontemporal`): more than any L2 and half this L3, so it
+#: would leave the cache before anyone reads it, and its reads for ownership would evict x
+STREAM_MIN_BYTES = 1 << 24
+#: float32 values in a 64-byte line (the most of any dtype)
+LINE_ELEMENTS = 16
 #: below this many elements a kernel runs single-threaded: waking threads costs more than the
 #: work, and on a loaded machine (pytest -n auto) parallel regions on tiny arrays stall badly
 PARALLEL_MIN_ELEMENTS = 1 << 16
@@ -621,7 +629,7 @@ def _combine_run(x, mean, k_x, k_0, out, u, k_u, v, k_v, a, c):
 
 
 @_kernel()
-def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None):
+def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None, stream_bytes=STREAM_MIN_BYTES):
     """out = k_x*(x - mean) + k_u*u + k_v*v + k_0, with per-channel (C,) float64 coefficients.
 
     ``u``/``v`` (arrays like ``x``) are optional: the forward is ``combine(x, mean, scale, beta, out)``,
@@ -631,12 +639,23 @@ def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None):
     The blocks run last to first: the reduction before this pass streamed x (and dy) first to
     last, so the part it read most recently, the part still in cache when x does not fit, is
     read again first.
+
+    Channels-last without ``v`` (the forward, the backward's dx), an output of at least
+    ``stream_bytes`` (:data:`STREAM_MIN_BYTES`) is written with non-temporal stores
+    (:mod:`bnref._nontemporal`), computing the same bits.
     """
     A, C, B = x.shape
     # blocks of about COMBINE_BLOCK_ELEMENTS, but at least COMBINE_MIN_BLOCKS of them (balance)
     items = A if B == 1 else A * C
     block = max(1, min(COMBINE_BLOCK_ELEMENTS // (C if B == 1 else B), -(-items // COMBINE_MIN_BLOCKS)))
-    if B == 1:
+    if B == 1 and v is None and out.size * out.itemsize >= stream_bytes:
+        # a line's coefficients, contiguous from any channel: (C,) each, plus one line's worth
+        mu, kx, k0 = wrapped(mean, LINE_ELEMENTS), wrapped(k_x, LINE_ELEMENTS), wrapped(k_0, LINE_ELEMENTS)
+        ku = kx if k_u is None else wrapped(k_u, LINE_ELEMENTS)
+        for i in prange(-(-items // block)):
+            lo, hi = _block_from_end(i, block, items)
+            rows_nt(x, out, mu, kx, k0, u, ku, lo * C, hi * C)
+    elif B == 1:
         for i in prange(-(-items // block)):
             lo, hi = _block_from_end(i, block, items)
             _combine_rows(x, mean, k_x, k_0, out, u, k_u, v, k_v, lo, hi, 0, C)

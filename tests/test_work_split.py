@@ -21,6 +21,7 @@ SHAPES = [
     ((3, 20, 70, 70), 1),     # channels-first with fewer rows than a chunk wants
     ((9, 17, 1000), 1),       # channels-first, rows in pairs and a leftover row
     ((1, 3, 300, 300), 1),    # one image: one chunk, one channel per work item
+    ((33000, 64), 1),         # channels-last, 16.9 MB of float64: combine's non-temporal stores
 ]
 
 
