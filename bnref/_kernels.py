@@ -27,7 +27,9 @@ The statistics take one pass per block about the running mean, with a second pas
 block whose one-pass M2 would cancel (see :data:`CANCELLATION_LIMIT`), and :func:`combine` takes
 its blocks last to first, so that it starts on the part of x the pass before it left in cache.
 Where a work item's channels fit in cache, :func:`forward_fused` and :func:`backward_fused` do a
-whole pass (reduction, then elementwise) per item, so x crosses the memory bus once.
+whole pass (reduction, then elementwise) per item, so x crosses the memory bus once. A large
+channels-last output of :func:`combine` is written with non-temporal stores
+(:mod:`bnref._nontemporal`).
 
 The loops over values are compiled with two fastmath flags and no others. ``reassoc`` (the
 reductions only) lets LLVM split a sum over ``b`` into SIMD lanes: a fixed, thread-independent
