@@ -1,4 +1,5 @@
-"""The forward's channels-last elementwise pass with non-temporal stores, for outputs larger than the cache.
+"""The channels-last elementwise pass (forward y, backward dx) with non-temporal stores, for
+outputs larger than the cache.
 
 A regular store to a line that is not in cache reads the line from memory first (a read for
 ownership), so writing n bytes of a large output moves 2n, and the lines it brings in evict
@@ -8,7 +9,7 @@ memory through a write-combining buffer: n bytes moved, nothing evicted.
 LLVM does not vectorize a loop of non-temporal scalar stores whose alignment it cannot prove
 (it emits one ``movntss`` per value), and computing into a scratch buffer that is then streamed
 out loses more than it saves (measured). So :func:`_line_nt` computes one 64-byte line of
-``y = k_x*(x - mean) + k_0`` as a vector, with the same operations as the scalar code
+``y = k_x*(x - mean) + k_u*u + k_0`` as a vector, with the same operations as the scalar code
 (widen to float64, subtract, FMA, round to the output's dtype: the same bits), and stores it
 non-temporally. Measured after a read of x (float32, 2 threads): (25088, 256) 1.44 ms against
 2.48 ms with regular stores; (200704, 64) 2.54 against 3.13 ms.
@@ -102,7 +103,8 @@ def wrapped(coefficients, extra):
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def _value(xf, of, mu, kx, k0, u, uf, ku, e, j):
-    """One element the scalar way, as :func:`bnref._kernels._combine_rows` computes it."""
+    """One element the scalar way: the same expression as in :func:`bnref._kernels._combine_rows`
+    (keep them alike; tests/test_nontemporal.py compares the two paths bit for bit)."""
     value = kx[j] * (xf[e] - mu[j])
     if u is not None:
         value += ku[j] * uf[e]
@@ -122,6 +124,8 @@ def rows_nt(x, out, mu, kx, k0, u, ku, start, stop):
     lanes = LINE // of.itemsize
     misaligned = (of.ctypes.data + start * of.itemsize) % LINE
     head = min(stop - start, 0 if misaligned == 0 else (LINE - misaligned) // of.itemsize)
+    if misaligned % of.itemsize:  # a buffer not aligned to its dtype never reaches a line: all regular
+        head = stop - start
     j = start % channels
     for e in range(start, start + head):
         _value(xf, of, mu, kx, k0, u, uf, ku, e, j)

@@ -37,3 +37,17 @@ def test_streamed_combine_equals_regular_bit_for_bit(shape, dtype, with_u):
 
 def test_wrapped_coefficients_repeat_the_channels():
     np.testing.assert_array_equal(_kernels.wrapped(np.array([1.0, 2.0, 3.0]), 7), [1, 2, 3, 1, 2, 3, 1, 2, 3, 1])
+
+
+def test_an_output_not_aligned_to_its_dtype_takes_regular_stores():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 32, 1)).astype(np.float32)
+    c = x.shape[1]
+    mean, k_x, k_0 = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(c)
+    expected = np.empty_like(x)
+    _kernels.combine(x, mean, k_x, k_0, expected)
+    raw = bytearray(x.nbytes + 1)
+    out = np.frombuffer(raw, dtype=np.float32, count=x.size, offset=1).reshape(x.shape)  # 1 byte off
+    assert not out.flags.aligned
+    _kernels.combine(x, mean, k_x, k_0, out, stream_bytes=0)  # would fault on an aligned store
+    np.testing.assert_array_equal(out, expected)
