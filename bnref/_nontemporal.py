@@ -20,6 +20,8 @@ Numba's on-disk cache of :func:`bnref._kernels.combine`, which inlines this code
 """
 from __future__ import annotations
 
+import platform
+
 import llvmlite.ir as ir
 import numpy as np
 from numba import njit, types
@@ -28,6 +30,8 @@ from numba.extending import intrinsic
 
 #: bytes per cache line, and per non-temporal vector store
 LINE = 64
+#: whether this is an x86 machine (its ``sfence`` orders non-temporal stores)
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
 @intrinsic
@@ -80,11 +84,17 @@ def _line_nt(typingctx, xf, of, i, mu, kx, k0, u, uf, ku, j):
 
 
 @intrinsic
-def _sfence(typingctx):
+def _fence(typingctx):
+    """Order this thread's non-temporal stores before what follows: ``sfence`` on x86 (LLVM
+    lowers a plain ``fence`` there to a locked instruction, whose ordering of non-temporal
+    stores the vendors document less plainly), LLVM's ``fence seq_cst`` elsewhere."""
     def codegen(context, builder, sig, args):
-        fence = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                               "llvm.x86.sse.sfence")
-        builder.call(fence, [])
+        if _X86:
+            sfence = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                    "llvm.x86.sse.sfence")
+            builder.call(sfence, [])
+        else:
+            builder.fence("seq_cst")
         return context.get_dummy_value()
 
     return types.void(), codegen
@@ -116,8 +126,8 @@ def rows_nt(x, out, mu, kx, k0, u, ku, start, stop):
     """Flat elements start..stop of a channels-last (A, C, 1) ``out = k_x*(x - mean) + k_u*u + k_0``
     (element e has channel e % C; ``u`` None drops its term), with coefficients from
     :func:`wrapped`: whole aligned lines non-temporally, the partial lines at either end with
-    regular stores, then ``sfence`` (so that this thread's output is complete when the
-    parallel region returns)."""
+    regular stores, then a fence (so that this thread's output is complete when the parallel
+    region returns)."""
     channels = x.shape[1]
     xf, of = x.reshape(x.size), out.reshape(out.size)
     uf = xf if u is None else u.reshape(u.size)
@@ -138,4 +148,4 @@ def rows_nt(x, out, mu, kx, k0, u, ku, start, stop):
     for e in range(e, stop):
         _value(xf, of, mu, kx, k0, u, uf, ku, e, j)
         j = j + 1 if j + 1 < channels else 0
-    _sfence()
+    _fence()
