@@ -46,7 +46,7 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from bnref._nontemporal import rows_nt, wrapped
+from bnref._nontemporal import LINE, fence, line_nt
 
 #: a statistics block holds about this many values of one channel (channels-first) or of one
 #: tile of channels (channels-last): 512 KB of float32, so that the rare second pass reads the
@@ -74,8 +74,8 @@ COMBINE_MIN_BLOCKS = 8
 #: non-temporal stores (:mod:`bnref._nontemporal`): more than any L2 and half this L3, so it
 #: would leave the cache before anyone reads it, and its reads for ownership would evict x
 STREAM_MIN_BYTES = 1 << 24
-#: float32 values in a 64-byte line (the most of any dtype)
-LINE_ELEMENTS = 16
+#: float32 values in a cache line (the most of any dtype)
+LINE_ELEMENTS = LINE // 4
 #: below this many elements a kernel runs single-threaded: waking threads costs more than the
 #: work, and on a loaded machine (pytest -n auto) parallel regions on tiny arrays stall badly
 PARALLEL_MIN_ELEMENTS = 1 << 16
@@ -630,6 +630,45 @@ def _combine_run(x, mean, k_x, k_0, out, u, k_u, v, k_v, a, c):
         out[a, c, b] = _combine_value(x[a, c, b], mean_c, u, v, a, c, b, kx, ku, kv, k0)
 
 
+@njit(cache=True, nogil=True)
+def wrapped(coefficients, extra):
+    """``coefficients`` (C,) followed by its first values again, ``extra`` of them in all
+    (wrapping around as often as needed): with one line's worth, a line's coefficients are
+    contiguous from whichever channel the line starts at."""
+    channels = coefficients.shape[0]
+    out = np.empty(channels + extra)
+    for t in range(out.shape[0]):
+        out[t] = coefficients[t % channels]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _combine_rows_nt(x, mu, kx, k0, out, u, ku, start, stop):
+    """:func:`combine` on the flat elements start..stop of a channels-last ``x`` (element e is
+    row e // C, channel e % C), coefficients from :func:`wrapped`: whole aligned lines with
+    :func:`bnref._nontemporal.line_nt`, the partial lines at either end with regular stores
+    (:func:`_combine_value`, the same bits), then a fence, so that this thread's output is
+    complete when the parallel region returns."""
+    C = x.shape[1]
+    xf, of = x.reshape(x.size), out.reshape(out.size)
+    uf = xf if u is None else u.reshape(u.size)
+    lanes = LINE // of.itemsize
+    misaligned = (of.ctypes.data + start * of.itemsize) % LINE
+    head = min(stop - start, 0 if misaligned == 0 else (LINE - misaligned) // of.itemsize)
+    if misaligned % of.itemsize:  # a buffer not aligned to its dtype never reaches a line: all regular
+        head = stop - start
+    e = start
+    while e < stop:
+        if e < start + head or e + lanes > stop:
+            a, c = e // C, e % C
+            out[a, c, 0] = _combine_value(x[a, c, 0], mu[c], u, None, a, c, 0, kx[c], ku[c], 0.0, k0[c])
+            e += 1
+        else:
+            line_nt(xf, of, e, mu, kx, k0, u, uf, ku, e % C)
+            e += lanes
+    fence()
+
+
 @_kernel()
 def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None, stream_bytes=STREAM_MIN_BYTES):
     """out = k_x*(x - mean) + k_u*u + k_v*v + k_0, with per-channel (C,) float64 coefficients.
@@ -651,12 +690,11 @@ def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None, stream_b
     items = A if B == 1 else A * C
     block = max(1, min(COMBINE_BLOCK_ELEMENTS // (C if B == 1 else B), -(-items // COMBINE_MIN_BLOCKS)))
     if B == 1 and v is None and out.size * out.itemsize >= stream_bytes:
-        # a line's coefficients, contiguous from any channel: (C,) each, plus one line's worth
         mu, kx, k0 = wrapped(mean, LINE_ELEMENTS), wrapped(k_x, LINE_ELEMENTS), wrapped(k_0, LINE_ELEMENTS)
         ku = kx if k_u is None else wrapped(k_u, LINE_ELEMENTS)
         for i in prange(-(-items // block)):
             lo, hi = _block_from_end(i, block, items)
-            rows_nt(x, out, mu, kx, k0, u, ku, lo * C, hi * C)
+            _combine_rows_nt(x, mu, kx, k0, out, u, ku, lo * C, hi * C)
     elif B == 1:
         for i in prange(-(-items // block)):
             lo, hi = _block_from_end(i, block, items)

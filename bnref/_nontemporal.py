@@ -8,10 +8,11 @@ memory through a write-combining buffer: n bytes moved, nothing evicted.
 
 LLVM does not vectorize a loop of non-temporal scalar stores whose alignment it cannot prove
 (it emits one ``movntss`` per value), and computing into a scratch buffer that is then streamed
-out loses more than it saves (measured). So :func:`_line_nt` computes one 64-byte line of
+out loses more than it saves (measured). So :func:`line_nt` computes one 64-byte line of
 ``y = k_x*(x - mean) + k_u*u + k_0`` as a vector, with the same operations as the scalar code
 (widen to float64, subtract, FMA, round to the output's dtype: the same bits), and stores it
-non-temporally. Measured after a read of x (float32, 2 threads): (25088, 256) 1.44 ms against
+non-temporally; :func:`bnref._kernels.combine` drives it a block at a time and ends each block
+with :func:`fence`. Measured after a read of x (float32, 2 threads): (25088, 256) 1.44 ms against
 2.48 ms with regular stores; (200704, 64) 2.54 against 3.13 ms.
 
 Numba's on-disk cache of :func:`bnref._kernels.combine`, which inlines this code, is keyed on
@@ -23,8 +24,7 @@ from __future__ import annotations
 import platform
 
 import llvmlite.ir as ir
-import numpy as np
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -35,7 +35,7 @@ _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
 @intrinsic
-def _line_nt(typingctx, xf, of, i, mu, kx, k0, u, uf, ku, j):
+def line_nt(typingctx, xf, of, i, mu, kx, k0, u, uf, ku, j):
     """``of[i: i + n] = kx*(xf[i: i + n] - mu) + ku*uf[i: i + n] + k0`` for the n = 64/itemsize
     values of one line (the coefficients' slices from j; ``u`` None drops the ``uf`` term, and
     ``uf`` is then any array of the dtype), stored non-temporally; ``of + i`` must be 64-byte
@@ -84,7 +84,7 @@ def _line_nt(typingctx, xf, of, i, mu, kx, k0, u, uf, ku, j):
 
 
 @intrinsic
-def _fence(typingctx):
+def fence(typingctx):
     """Order this thread's non-temporal stores before what follows: ``sfence`` on x86 (LLVM
     lowers a plain ``fence`` there to a locked instruction, whose ordering of non-temporal
     stores the vendors document less plainly), LLVM's ``fence seq_cst`` elsewhere."""
@@ -98,54 +98,3 @@ def _fence(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
-
-
-@njit(cache=True, nogil=True)
-def wrapped(coefficients, extra):
-    """``coefficients`` (C,) followed by its first values again, ``extra`` of them in all (it
-    wraps around as often as needed): a line's coefficients are then always contiguous."""
-    channels = coefficients.shape[0]
-    out = np.empty(channels + extra)
-    for t in range(channels + extra):
-        out[t] = coefficients[t % channels]
-    return out
-
-
-@njit(cache=True, nogil=True, fastmath={"contract"})
-def _value(xf, of, mu, kx, k0, u, uf, ku, e, j):
-    """One element the scalar way: the same expression as in :func:`bnref._kernels._combine_rows`
-    (keep them alike; tests/test_nontemporal.py compares the two paths bit for bit)."""
-    value = kx[j] * (xf[e] - mu[j])
-    if u is not None:
-        value += ku[j] * uf[e]
-    of[e] = value + k0[j]
-
-
-@njit(cache=True, nogil=True)
-def rows_nt(x, out, mu, kx, k0, u, ku, start, stop):
-    """Flat elements start..stop of a channels-last (A, C, 1) ``out = k_x*(x - mean) + k_u*u + k_0``
-    (element e has channel e % C; ``u`` None drops its term), with coefficients from
-    :func:`wrapped`: whole aligned lines non-temporally, the partial lines at either end with
-    regular stores, then a fence (so that this thread's output is complete when the parallel
-    region returns)."""
-    channels = x.shape[1]
-    xf, of = x.reshape(x.size), out.reshape(out.size)
-    uf = xf if u is None else u.reshape(u.size)
-    lanes = LINE // of.itemsize
-    misaligned = (of.ctypes.data + start * of.itemsize) % LINE
-    head = min(stop - start, 0 if misaligned == 0 else (LINE - misaligned) // of.itemsize)
-    if misaligned % of.itemsize:  # a buffer not aligned to its dtype never reaches a line: all regular
-        head = stop - start
-    j = start % channels
-    for e in range(start, start + head):
-        _value(xf, of, mu, kx, k0, u, uf, ku, e, j)
-        j = j + 1 if j + 1 < channels else 0
-    e = start + head
-    while e + lanes <= stop:
-        _line_nt(xf, of, e, mu, kx, k0, u, uf, ku, j)
-        e += lanes
-        j = (j + lanes) % channels
-    for e in range(e, stop):
-        _value(xf, of, mu, kx, k0, u, uf, ku, e, j)
-        j = j + 1 if j + 1 < channels else 0
-    _fence()

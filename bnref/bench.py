@@ -391,15 +391,14 @@ def machine() -> dict:
     """What the numbers depend on: CPU model, CPUs, and the cache sizes of CPU 0 (Linux sysfs)."""
     caches = {}
     root = "/sys/devices/system/cpu/cpu0/cache"
+
+    def read(index, name):
+        with open(os.path.join(root, index, name)) as fh:
+            return fh.read().strip()
+
     try:
         for index in sorted(os.listdir(root)):
-            path = os.path.join(root, index)
-            with open(os.path.join(path, "level")) as fh:
-                level = fh.read().strip()
-            with open(os.path.join(path, "type")) as fh:
-                kind = fh.read().strip()
-            with open(os.path.join(path, "size")) as fh:
-                size = fh.read().strip()
+            level, kind, size = (read(index, name) for name in ("level", "type", "size"))
             if kind != "Instruction":
                 caches[f"L{level}{'d' if kind == 'Data' else ''}"] = size
     except OSError:
