@@ -179,7 +179,7 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
     beta = prep.parameter("beta", beta)
     eps = _checks.eps_value(eps)
     a, c, b = prep.x3.shape
-    width = _kernels.fused_width(a, c, b, prep.x.itemsize)
+    width = _kernels.fused_width(a, c, b, prep.x.itemsize, _kernels.CHANNEL_GROUP)
     if not width:
         # the split kernels and formulas take float64 vectors (one specialization each)
         gamma, beta = gamma.astype(np.float64, copy=False), beta.astype(np.float64, copy=False)

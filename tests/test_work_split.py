@@ -22,6 +22,8 @@ SHAPES = [
     ((9, 17, 1000), 1),       # channels-first, rows in pairs and a leftover row
     ((1, 3, 300, 300), 1),    # one image: one chunk, one channel per work item
     ((33000, 64), 1),         # channels-last, 16.9 MB of float64: combine's non-temporal stores
+    ((70, 19, 2000), 1),      # channels-first forward in groups of 2 channels (the last one alone),
+                              # two blocks of rows, the second with a partial step of rows
 ]
 
 
@@ -96,6 +98,14 @@ def test_fused_width_takes_what_stays_in_cache():
     assert _kernels.fused_width(256, 64, 3136, 8) == 0           # 256x64x56x56 backward: 6.4 MB
     assert _kernels.fused_width(8, 3, 50176, 4) == 0             # 1.5 MB a channel, only 3 of them
     assert _kernels.fused_width(8, 3, 4096, 4) == 1              # 128 KB a channel: fused, however few
+    # ... and the forward's groups of adjacent channels, while items stay within 4 MB, at least 8 of them
+    group = _kernels.CHANNEL_GROUP
+    assert _kernels.fused_width(32, 256, 784, 4, group) == 8     # 32x256x28x28: 0.8 MB an item, runs of 25 KB
+    assert _kernels.fused_width(64, 64, 3136, 4, group) == 4     # 64x64x56x56: 3.2 MB an item
+    assert _kernels.fused_width(128, 64, 3136, 4, group) == 2    # 128x64x56x56: 3.2 MB an item
+    assert _kernels.fused_width(8, 3, 4096, 4, group) == 1       # too few channels to group
+    assert _kernels.fused_width(4, 40, 25, 4, group) == 4        # 10 items of 4, not 5 of 8
+    assert _kernels.fused_width(70, 19, 2000, 8, group) == 2     # float64 forward: 9 items of 2, then 1
     # channels-last: tiles of at least FUSED_MIN_LANES channels, at most LANES, about 8 of them
     assert _kernels.fused_width(100, 784, 1, 4) == 112           # the MNIST layer: 7 tiles
     assert _kernels.fused_width(256, 4096, 1, 4) == _kernels.LANES
