@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import subprocess
@@ -63,6 +64,12 @@ EPS = 1e-5
 TRAFFIC = {"fwd": 2, "fwd+bwd": 5}
 #: timed samples per measurement unless --repeats says otherwise
 DEFAULT_REPEATS = 15
+#: ... but a case whose rounds are short takes more of them (up to :data:`MAX_ROUNDS_FACTOR` x),
+#: until its rounds take about this many seconds in all: the small shapes' medians moved most
+#: between runs (one 2 ms burst of the VM's noise is one sample in fifteen), and their extra
+#: rounds cost about a second
+MIN_CASE_SECONDS = 1.5
+MAX_ROUNDS_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -152,8 +159,11 @@ def _stream_two(x, a, y, b, out):
 
 # ---------------------------------------------------------------- timing
 
-def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3, settle_s: float = 5e-4) -> dict:
-    """Per key: (median, min) over ``repeats`` samples of one call's time in ms.
+def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3, settle_s: float = 5e-4,
+              min_total_s: float = 0.0) -> dict:
+    """Per key: (median, min) over ``repeats`` samples of one call's time in ms (more rounds, up
+    to :data:`MAX_ROUNDS_FACTOR` times as many, where ``repeats`` rounds would take less than
+    ``min_total_s``, as estimated from the calibration calls).
 
     The calls are sampled round-robin (one sample of each, ``repeats`` times, in a new order each
     round), so a change in the machine's load while the case runs hits every implementation and
@@ -162,11 +172,16 @@ def sample_ms(calls: dict, repeats: int, min_sample_s: float = 2e-3, settle_s: f
     the machine idles for ``settle_s``, longer than an OpenMP thread spins (``SPIN_COUNT``).
     """
     number = {}
+    round_s = 0.0
     for key, fn in calls.items():
         fn()  # warm-up: compilation, first touch of reused buffers
         start = time.perf_counter()
         fn()
-        number[key] = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-9)))
+        once = time.perf_counter() - start
+        number[key] = max(1, int(min_sample_s / max(once, 1e-9)))
+        round_s += settle_s + number[key] * once
+    if min_total_s > 0:
+        repeats = max(repeats, min(MAX_ROUNDS_FACTOR * repeats, math.ceil(min_total_s / max(round_s, 1e-9))))
     samples: dict = {key: [] for key in calls}
     keys = list(calls)
     shuffle = np.random.default_rng(0)
@@ -462,7 +477,7 @@ def _run_case(case: Case, n_threads: int, repeats: int, torch, memory: bool) -> 
     calls = {**bnref_calls(inp), **numpy_calls(inp)}
     if torch is not None:
         calls.update(torch_calls(torch, inp))
-    times = sample_ms({**calls, **limit_calls(nbytes, case.dtype)}, repeats)
+    times = sample_ms({**calls, **limit_calls(nbytes, case.dtype)}, repeats, min_total_s=MIN_CASE_SECONDS)
     # both limits count one read and one write of |x|
     ceiling = 2 * nbytes / times.pop(("ceiling", "stream"))[0] / 1e6
     copy = 2 * nbytes / times.pop(("copy", "copy"))[0] / 1e6
@@ -604,7 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default=None, help="comma-separated, default float32,float64")
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"timed samples per measurement (default {DEFAULT_REPEATS}: medians of 7 moved "
-                             "by 10-20 %% between runs on the 2-vCPU VMs this was tuned on)")
+                             "by 10-20 %% between runs on the 2-vCPU VMs this was tuned on); a case whose "
+                             f"rounds are short takes more, up to {MAX_ROUNDS_FACTOR}x, so that it samples for "
+                             f"about {MIN_CASE_SECONDS:g} s")
     parser.add_argument("--from-json", metavar="FILE",
                         help="measure nothing: re-render a saved --json run (table, --markdown, --plot)")
     parser.add_argument("--only", metavar="TEXT,...",

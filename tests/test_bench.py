@@ -1,5 +1,7 @@
 """The benchmark measures like with like: its baselines compute batch norm, its memory probe sees
 allocations, and bnref allocates nothing full-size beyond its outputs. No timing here."""
+import time
+
 import numpy as np
 import pytest
 
@@ -85,6 +87,23 @@ def test_round_robin_shuffles_so_no_call_always_follows_the_same_one():
     assert len({tuple(r) for r in rounds}) > 1
     before = {name: {r[r.index(name) - 1] for r in rounds if r.index(name) > 0} for name in "abcd"}
     assert all(len(names) >= 2 for names in before.values()), before
+
+
+def test_short_rounds_take_more_of_them_up_to_a_bound():
+    """A case whose rounds are short is sampled more often (its median is then steadier), up to
+    MAX_ROUNDS_FACTOR x the rounds asked for; long rounds keep the number asked for."""
+    def rounds(sleep_s, min_total_s):
+        count = {"n": 0}
+
+        def call():
+            count["n"] += 1
+            time.sleep(sleep_s)
+        bench.sample_ms({"a": call}, repeats=3, min_sample_s=0.0, settle_s=0.0, min_total_s=min_total_s)
+        return count["n"] - 2  # less the warm-up and the calibration call
+    assert rounds(0.0, 0.0) == 3
+    assert rounds(0.0, 10.0) == 3 * bench.MAX_ROUNDS_FACTOR
+    assert 3 < rounds(0.01, 0.1) < 3 * bench.MAX_ROUNDS_FACTOR
+    assert rounds(0.05, 0.1) == 3
 
 
 def test_pass_bounds_compute_what_they_stand_for():
