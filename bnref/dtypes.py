@@ -1,0 +1,63 @@
+"""The floating-point dtypes bnref knows, as data: one row each.
+
+Validation, the Hypothesis strategies, the oracle's protocol and CLI, the pytest
+plugin, ``bnref selfcheck`` and ``bnref bench`` all read :data:`DTYPES`; adding a
+dtype is one row here (and kernels that take it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["DType", "DTYPES", "NAMES", "KERNEL_DTYPES", "dtype_info", "unit_roundoff"]
+
+
+@dataclass(frozen=True)
+class DType:
+    """One floating-point format.
+
+    ``unit_roundoff`` is u = 2^-p for a p-bit significand (half an ulp of 1): a correctly
+    rounded result is within a relative u of the exact one.
+    """
+
+    name: str
+    numpy: np.dtype
+    unit_roundoff: float
+    max_finite: float
+    #: whether bnref's kernels take arrays of this dtype (x, dy, out=, parameters)
+    kernels: bool = True
+
+
+def _row(name: str, *, kernels: bool = True) -> DType:
+    info = np.finfo(np.dtype(name))
+    return DType(name, np.dtype(name), float(info.eps) / 2, float(info.max), kernels)
+
+
+#: name -> format, narrowest first
+DTYPES: dict[str, DType] = {row.name: row for row in (_row("float32"), _row("float64"))}
+#: every dtype name bnref knows, narrowest first
+NAMES: tuple[str, ...] = tuple(DTYPES)
+#: the NumPy dtypes the kernels take
+KERNEL_DTYPES: tuple[np.dtype, ...] = tuple(row.numpy for row in DTYPES.values() if row.kernels)
+
+
+def dtype_info(dtype) -> DType:
+    """The row of ``dtype`` (a name, NumPy dtype or type).
+
+    Raises:
+        TypeError: a dtype bnref does not know, naming the ones it does.
+    """
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise TypeError(f"unsupported dtype {dtype!r}; bnref supports {', '.join(NAMES)}") from None
+
+
+def unit_roundoff(dtype) -> float:
+    """u of ``dtype``: 2^-24 for float32, 2^-53 for float64."""
+    return dtype_info(dtype).unit_roundoff
