@@ -167,7 +167,7 @@ def visit(context, server: str, path: str) -> Visit:
     page.on("requestfailed", lambda request: record.failed_requests.append(
         f"{request.url}: {request.failure}") if urlsplit(request.url).hostname == HOST else None)
     page.on("response", lambda response: record.failed_requests.append(
-        f"{response.url}: HTTP {response.status}") if response.status >= 400 and path != "404.html" else None)
+        f"{response.url}: HTTP {response.status}") if response.status >= 400 else None)
     try:
         page.goto(server + path, wait_until="load")
         record.math = page.evaluate(MATH_JS)
