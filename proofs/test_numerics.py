@@ -128,7 +128,7 @@ def _merge_residuals(size_a, size_b):
 def test_chan_merge_general_sizes():
     r"""Step 11, for symbolic block sizes a and b: merging (count, mean, M2) of two blocks is exact.
 
-    > $$\delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \delta\,\frac{n_B}{n_A+n_B}, \qquad M_{2,AB} = M_{2,A} + M_{2,B} + \delta^2\,\frac{n_A n_B}{n_A+n_B}$$
+    > $$\Delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \Delta\,\frac{m_B}{m_A+m_B}, \qquad V_{AB} = V_A + V_B + \Delta^2\,\frac{m_A m_B}{m_A+m_B}$$
     """
     a, b = sp.symbols("a b", integer=True, positive=True)
     assert _merge_residuals(a, b) == [0, 0]
@@ -138,7 +138,7 @@ def test_chan_merge_general_sizes():
 def test_chan_merge_small_sizes(size_a, size_b):
     r"""Step 11, block sizes 1..3 with explicit symbols.
 
-    > $$\delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \delta\,\frac{n_B}{n_A+n_B}, \qquad M_{2,AB} = M_{2,A} + M_{2,B} + \delta^2\,\frac{n_A n_B}{n_A+n_B}$$
+    > $$\Delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \Delta\,\frac{m_B}{m_A+m_B}, \qquad V_{AB} = V_A + V_B + \Delta^2\,\frac{m_A m_B}{m_A+m_B}$$
     """
     assert _merge_residuals(size_a, size_b) == [0, 0]
 
@@ -158,7 +158,7 @@ def test_channel_moments_kernel_merges_exactly(shape, rows_per_block, nchunks):
     rows after the four quarters, blocks whose second pass runs fused with the next block's
     first, a short last block), one or two tiles of channels.
 
-    > $$\delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \delta\,\frac{n_B}{n_A+n_B}, \qquad M_{2,AB} = M_{2,A} + M_{2,B} + \delta^2\,\frac{n_A n_B}{n_A+n_B}$$
+    > $$\Delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \Delta\,\frac{m_B}{m_A+m_B}, \qquad V_{AB} = V_A + V_B + \Delta^2\,\frac{m_A m_B}{m_A+m_B}$$
     """
     rng = np.random.default_rng(2)
     x3 = rng.normal(5.0, 2.0, size=shape)
@@ -176,7 +176,7 @@ def test_block_m2_accepts_only_bounded_cancellation():
     r"""Step 11: a block's one-pass $M_2 = S_2 - S_1^2/n$ is used only while $S_2 \le 16\,M_2$
     (at most 4 bits lost to cancellation); NaN always goes to the second pass.
 
-    > $$S_2 \le 16\,M_2$$
+    > $$S_2 \le 16\,V$$
     """
     limit = _kernels.CANCELLATION_LIMIT
     assert _kernels._block_m2(0.0, 0.0, 4.0) == (0.0, 0.0, True)             # a constant block
@@ -195,7 +195,7 @@ def test_one_pass_falls_back_to_two_passes_where_it_would_cancel(shape):
     that lies far from the rest ($S_2/M_2$ up to $n$). There the block takes its second pass,
     and the variance keeps float64 accuracy; without it, it is off by 4e-11 here.
 
-    > $$\mu_{block} = c + \frac{S_1}{n}, \qquad M_2 = S_2 - \frac{S_1^2}{n}, \qquad S_1 = \sum d,\ S_2 = \sum d^2$$
+    > $$\mu_{block} = K_{block} + \frac{S_1}{m_{block}}, \qquad V = S_2 - \frac{S_1^2}{m_{block}}, \qquad S_1 = \sum \tilde x,\ S_2 = \sum \tilde x^2$$
     """
     rng = np.random.default_rng(0)
     x3 = rng.normal(0.0, 1e-3, size=shape)

@@ -35,7 +35,7 @@ def expected_biased_variance_general():
 def test_variance_as_double_sum_general_m():
     r"""Step 8 (the algebra behind the expectation), for a symbolic m.
 
-    > $$\sigma^2_B = \frac1m\sum_i x_i^2 - \frac1{m^2}\sum_i\sum_k x_i x_k$$
+    > $$\sigma^2 = \frac1m\sum_i x_i^2 - \frac1{m^2}\sum_i\sum_k x_i x_k$$
     """
     b = symbolic()
     double_sum = b.total(lambda i: b.x(i) ** 2) / m - b.total(lambda i: b.total(
@@ -46,7 +46,7 @@ def test_variance_as_double_sum_general_m():
 def test_biased_variance_expectation_general_m():
     r"""Step 8, for a symbolic m: the batch variance underestimates sigma^2 by (m - 1)/m.
 
-    > $$\mathbb E\big[\sigma^2_B\big] = \frac{m-1}{m}\,\sigma^2, \qquad \mathbb E\Big[\frac{m}{m-1}\sigma^2_B\Big] = \sigma^2$$
+    > $$\mathbb E\big[\sigma^2\big] = \frac{m-1}{m}\,\sigma^2_{pop}, \qquad \mathbb E\Big[\frac{m}{m-1}\sigma^2\Big] = \sigma^2_{pop}$$
     """
     assert sp.simplify(expected_biased_variance_general() - (m - 1) / m * sigma2) == 0
 
@@ -55,7 +55,7 @@ def test_biased_variance_expectation_general_m():
 def test_biased_variance_expectation_every_m(size):
     r"""Step 8, for m = 2..6: x_i = mu + e_i with independent e_i, E[e_i] = 0, E[e_i^2] = sigma^2.
 
-    > $$\mathbb E\big[\sigma^2_B\big] = \frac{m-1}{m}\,\sigma^2, \qquad \mathbb E\Big[\frac{m}{m-1}\sigma^2_B\Big] = \sigma^2$$
+    > $$\mathbb E\big[\sigma^2\big] = \frac{m-1}{m}\,\sigma^2_{pop}, \qquad \mathbb E\Big[\frac{m}{m-1}\sigma^2\Big] = \sigma^2_{pop}$$
     """
     b = concrete(size)
     e = sp.symbols(f"e1:{size + 1}", real=True)
@@ -79,7 +79,7 @@ def test_running_average_weights_sum_to_one():
     r"""Step 8: after n updates the running value is a weighted average of the start and the n batch
     values, weights (1-momentum)^n and momentum (1-momentum)^(n-t), which sum to 1 for every n.
 
-    > $$r_n = (1-\alpha)^n r_0 + \sum_{t=1}^n \alpha (1-\alpha)^{n-t} b_t, \qquad (1-\alpha)^n + \sum_{t=1}^n \alpha(1-\alpha)^{n-t} = 1$$
+    > $$r_T = (1-\alpha)^T r_0 + \sum_{t=1}^T \alpha (1-\alpha)^{T-t} b_t, \qquad (1-\alpha)^T + \sum_{t=1}^T \alpha(1-\alpha)^{T-t} = 1$$
     """
     alpha = sp.Symbol("alpha", positive=True)
     n, t = sp.symbols("n t", integer=True, positive=True)
@@ -101,7 +101,7 @@ def test_update_running_matches_bnref(unbiased):
     r"""Step 8, numerically: bnref.update_running is the PyTorch update with m/(m-1) on the variance;
     with momentum = 1 - 0.99 and unbiased=False it is the Keras/Flax update.
 
-    > $$\mu_{run} \leftarrow (1-\text{momentum})\,\mu_{run} + \text{momentum}\,\mu_B, \qquad \sigma^2_{run} \leftarrow (1-\text{momentum})\,\sigma^2_{run} + \text{momentum}\,\frac{m}{m-1}\,\sigma^2_B$$
+    > $$\mu_{run} \leftarrow (1-\text{momentum})\,\mu_{run} + \text{momentum}\,\mu, \qquad \sigma^2_{run} \leftarrow (1-\text{momentum})\,\sigma^2_{run} + \text{momentum}\,\frac{m}{m-1}\,\sigma^2$$
     """
     rng = np.random.default_rng(3)
     x = rng.normal(2.0, 3.0, size=(12, 4))
