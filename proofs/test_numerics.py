@@ -195,7 +195,7 @@ def test_one_pass_falls_back_to_two_passes_where_it_would_cancel(shape):
     that lies far from the rest ($S_2/M_2$ up to $n$). There the block takes its second pass,
     and the variance keeps float64 accuracy; without it, it is off by 4e-11 here.
 
-    > $$\mu_{block} = K_{block} + \frac{S_1}{m_{block}}, \qquad V = S_2 - \frac{S_1^2}{m_{block}}, \qquad S_1 = \sum \tilde x,\ S_2 = \sum \tilde x^2$$
+    > $$\mu_{block} = K_{block} + \frac{S_1}{m_{block}}, \qquad V = S_2 - \frac{S_1^2}{m_{block}}, \qquad S_1 = \sum \tilde x, \qquad S_2 = \sum \tilde x^2$$
     """
     rng = np.random.default_rng(0)
     x3 = rng.normal(0.0, 1e-3, size=shape)
@@ -214,3 +214,56 @@ def test_one_pass_falls_back_to_two_passes_where_it_would_cancel(shape):
             np.testing.assert_allclose(shift + mean_shifted, exact_mean.astype(np.float64), rtol=0, atol=1e-14)
     _, mean, var = bnref.forward_train(x3, np.ones(shape[1]), np.zeros(shape[1]), 1e-5, 1)  # the fused forward
     np.testing.assert_allclose(var, (exact_m2 / exact.shape[1]).astype(np.float64), rtol=1e-13)
+
+
+# ---------------------------------------------------------------- float32 differences in float64
+def _ulp_exponent(a: np.float32) -> int:
+    """q with ulp(a) = 2^q for a float32 a (2^-149 for subnormals)."""
+    return int(np.log2(np.spacing(np.abs(a))))
+
+
+def _difference_is_exact(a: np.float32, b: np.float32) -> bool:
+    return Fraction(float(np.float64(a) - np.float64(b))) == Fraction(float(a)) - Fraction(float(b))
+
+
+def test_float32_difference_exact_in_float64_when_exponents_are_close():
+    r"""Step 11: the difference of two float32 numbers is exact in float64 when their ulp exponents
+    differ by at most 29, $(2^{24}-1)(2^{29}+1) < 2^{53}$, and need not be beyond: $2^{26} - 0.0015$
+    is not (59 bits).
+
+    > $(a - b)/2^{q_b} = A\,2^{g} - B$ with $|A|, |B| \le 2^{24} - 1$, so
+    """
+    a, b = np.float32(2.0**26), np.float32(0.0015)
+    assert _ulp_exponent(a) - _ulp_exponent(b) == 36
+    assert not _difference_is_exact(a, b)
+    rng = np.random.default_rng(5)
+    full = np.float32(2 - 2.0**-23)                    # all 24 significand bits set
+    for gap in range(0, 40):
+        for _ in range(200):
+            a = np.float32(rng.uniform(1, 2)) * np.float32(2.0**rng.integers(-60, 60))
+            b = np.float32(rng.uniform(1, 2)) * np.float32(2.0 ** (_ulp_exponent(a) - gap + 23)) * rng.choice([-1, 1])
+            if abs(_ulp_exponent(a) - _ulp_exponent(b)) <= 29:
+                assert _difference_is_exact(a, b), (a, b)
+        # the bound is tight: a full significand minus a negative odd one `gap` binades lower
+        # is an odd integer of 24 + gap bits in units of the smaller ulp
+        big, small = full * np.float32(2.0**30), -np.float32(1 + 2.0**-23) * np.float32(2.0 ** (30 - gap))
+        assert _ulp_exponent(big) - _ulp_exponent(small) == gap
+        assert _difference_is_exact(big, small) == (gap <= 29), gap
+
+
+def test_first_block_cancellation_is_bounded_by_its_size():
+    r"""Step 11: centered on one of its own values, a block of $m$ values has $S_2/V \le m$
+    (Samuelson's inequality), with equality when the others are equal.
+
+    > $S_2/V$ only by $m_{block}$ (Samuelson's inequality; reached when the center lies far
+    """
+    rng = np.random.default_rng(4)
+    for size in (2, 3, 10, 1000):
+        for _ in range(50):
+            x = [Fraction(v) for v in rng.standard_normal(size)]
+            mean = sum(x) / size
+            v = sum((u - mean) ** 2 for u in x)
+            assert sum((u - x[0]) ** 2 for u in x) <= size * v
+        x = [Fraction(1)] + [Fraction(0)] * (size - 1)
+        mean = sum(x) / size
+        assert sum((u - x[0]) ** 2 for u in x) == size * sum((u - mean) ** 2 for u in x)
