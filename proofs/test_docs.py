@@ -216,7 +216,7 @@ NOT_READ = {
     r"\mathrm{BN}(\mathcal T x)": "a statement about maps (proved on a 4D tensor of symbols in test_channels.py)",
     r"\text{momentum}_{\text{Keras/Flax}}": "a renaming of a parameter (test_momentum_conventions)",
     r"\hat x(x + K\mathbf 1)": "function notation (test_shift_invariance)",
-    r"\hat x_\epsilon(a x)": "function notation (test_scale_equivariance)",
+    r"\hat x_\epsilon(a x)": "function notation (test_scale_invariance)",
     r"m = 2:\quad \hat x = \mp": "a sign that depends on the order of the two values (test_two_values_closed_form)",
     r"\rho = \frac{\mathbb E[x^2]}{\sigma^2}": "a definition",
     r"\text{float32: }": "numbers, asserted by test_float32_worked_example",

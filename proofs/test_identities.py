@@ -69,7 +69,7 @@ def test_shift_invariance(batch):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_scale_equivariance(batch):
+def test_scale_invariance(batch):
     r"""Step 10: scaling x by a > 0 is the same as dividing eps by a^2.
 
     The batch statistics transform as mean(a x) = a mean(x), var(a x) = a^2 var(x)

@@ -15,6 +15,7 @@ import pytest
 import sympy as sp
 
 import bnref
+import bnref.testing
 from bnref import _kernels
 from proofs._symbolic import (CONCRETE_SIZES, concrete, name_sums, normalize_sums,
                               rational_normal_form, symbolic)
@@ -53,7 +54,7 @@ def test_float32_worked_example():
 
     E[x^2] = 1000050.0 and E[x]^2 = 1000050.0625 in float32 (neighbouring float32 values
     there are 0.0625 apart), so the one-pass formula returns -0.0625: negative, and
-    rsqrt(var + eps) is NaN. The condition number 1 + mu^2/sigma^2 = 8.0e9 exceeds
+    rsqrt(var + eps) is NaN. The cancellation ratio rho = 1 + mu^2/sigma^2 = 8.0e9 exceeds
     1/2^-24 = 1.7e7, so not one digit can be trusted. bnref's variance equals the exact
     variance of the four float32 values (computed in rationals) to the last bit.
 
@@ -74,8 +75,10 @@ def test_float32_worked_example():
     assert (float(e_x2), float(e_x * e_x)) == (1000050.0, 1000050.0625)
     assert float(e_x2 - e_x * e_x) == -0.0625
     assert np.spacing(np.float32(1e6)) == 0.0625
-    kappa = 1 + float(exact_mean) ** 2 / float(exact_var)
-    assert 7.9e9 < kappa < 8.1e9 and kappa * 2.0**-24 > 100
+    rho = 1 + float(exact_mean) ** 2 / float(exact_var)
+    assert 7.9e9 < rho < 8.1e9 and rho * 2.0**-24 > 100
+    kappa = bnref.testing.condition_number(x.reshape(4, 1), 1, 1e-5)     # rho <= kappa^2 (var + eps)/var
+    assert rho <= kappa**2 * (float(exact_var) + 1e-5) / float(exact_var)
     _, mean, var = bnref.forward_train(x.reshape(4, 1), np.ones(1, np.float32), np.zeros(1, np.float32))
     assert var.dtype == np.float64
     assert abs(var[0] - float(exact_var)) <= 2**-52 * float(exact_var)
