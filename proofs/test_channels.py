@@ -105,7 +105,7 @@ def test_per_position_gamma_needs_gamma_inside_the_sums():
     r"""Step 6: with per-position gamma the backward is the compact formula applied to g = gamma dy
     (gamma inside the sums); the per-channel formula, gamma factored out, is then wrong.
 
-    > $$\gamma_{chw}:\quad dx_i = \frac{s}{m}\Big(m\,g_i - \sum_j g_j - \hat x_i \sum_j g_j \hat x_j\Big), \quad g_i = \gamma_i\, dy_i$$
+    > $$\gamma_{chw}:\quad dx_i = \frac{s}{m}\Big(m\,\gamma_i\, dy_i - \sum_j \gamma_j\, dy_j - \hat x_i \sum_j \gamma_j\, dy_j\, \hat x_j\Big)$$
     """
     b = CHANNELS[0]
     gammas = {i: sp.Symbol(f"gp_{i}", real=True) for i in b.indices}

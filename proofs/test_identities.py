@@ -60,7 +60,7 @@ def test_sum_identities_match_bnref(case):
 def test_shift_invariance(batch):
     r"""Step 10: adding a constant to every x changes neither xhat nor y.
 
-    > $$\hat x(x + c\,\mathbf 1) = \hat x(x)$$
+    > $$\hat x(x + K\mathbf 1) = \hat x(x)$$
     """
     b = batch()
     c = sp.Symbol("c", real=True)
@@ -69,7 +69,7 @@ def test_shift_invariance(batch):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_scale_equivariance(batch):
+def test_scale_invariance(batch):
     r"""Step 10: scaling x by a > 0 is the same as dividing eps by a^2.
 
     The batch statistics transform as mean(a x) = a mean(x), var(a x) = a^2 var(x)
@@ -112,7 +112,7 @@ def test_two_values_closed_form():
 def test_invariances_match_bnref(case):
     r"""Step 10, numerically, on bnref.forward_train.
 
-    > $$\hat x(x + c\,\mathbf 1) = \hat x(x)$$
+    > $$\hat x(x + K\mathbf 1) = \hat x(x)$$
     > $$\hat x_\epsilon(a x) = \hat x_{\epsilon/a^2}(x) \quad (a > 0)$$
     > $$\frac1m\sum_i \hat x_i = 0, \qquad \frac1m \sum_i \hat x_i^2 = \frac{\sigma^2}{\sigma^2+\epsilon}$$
     """

@@ -15,6 +15,7 @@ import pytest
 import sympy as sp
 
 import bnref
+import bnref.testing
 from bnref import _kernels
 from proofs._symbolic import (CONCRETE_SIZES, concrete, name_sums, normalize_sums,
                               rational_normal_form, symbolic)
@@ -53,7 +54,7 @@ def test_float32_worked_example():
 
     E[x^2] = 1000050.0 and E[x]^2 = 1000050.0625 in float32 (neighbouring float32 values
     there are 0.0625 apart), so the one-pass formula returns -0.0625: negative, and
-    rsqrt(var + eps) is NaN. The condition number 1 + mu^2/sigma^2 = 8.0e9 exceeds
+    rsqrt(var + eps) is NaN. The cancellation ratio rho = 1 + mu^2/sigma^2 = 8.0e9 exceeds
     1/2^-24 = 1.7e7, so not one digit can be trusted. bnref's variance equals the exact
     variance of the four float32 values (computed in rationals) to the last bit.
 
@@ -74,8 +75,10 @@ def test_float32_worked_example():
     assert (float(e_x2), float(e_x * e_x)) == (1000050.0, 1000050.0625)
     assert float(e_x2 - e_x * e_x) == -0.0625
     assert np.spacing(np.float32(1e6)) == 0.0625
-    kappa = 1 + float(exact_mean) ** 2 / float(exact_var)
-    assert 7.9e9 < kappa < 8.1e9 and kappa * 2.0**-24 > 100
+    rho = 1 + float(exact_mean) ** 2 / float(exact_var)
+    assert 7.9e9 < rho < 8.1e9 and rho * 2.0**-24 > 100
+    kappa = bnref.testing.condition_number(x.reshape(4, 1), 1, 1e-5)     # rho <= kappa^2 (var + eps)/var
+    assert rho <= kappa**2 * (float(exact_var) + 1e-5) / float(exact_var)
     _, mean, var = bnref.forward_train(x.reshape(4, 1), np.ones(1, np.float32), np.zeros(1, np.float32))
     assert var.dtype == np.float64
     assert abs(var[0] - float(exact_var)) <= 2**-52 * float(exact_var)
@@ -128,7 +131,7 @@ def _merge_residuals(size_a, size_b):
 def test_chan_merge_general_sizes():
     r"""Step 11, for symbolic block sizes a and b: merging (count, mean, M2) of two blocks is exact.
 
-    > $$\delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \delta\,\frac{n_B}{n_A+n_B}, \qquad M_{2,AB} = M_{2,A} + M_{2,B} + \delta^2\,\frac{n_A n_B}{n_A+n_B}$$
+    > $$\Delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \Delta\,\frac{m_B}{m_A+m_B}, \qquad V_{AB} = V_A + V_B + \Delta^2\,\frac{m_A m_B}{m_A+m_B}$$
     """
     a, b = sp.symbols("a b", integer=True, positive=True)
     assert _merge_residuals(a, b) == [0, 0]
@@ -138,7 +141,7 @@ def test_chan_merge_general_sizes():
 def test_chan_merge_small_sizes(size_a, size_b):
     r"""Step 11, block sizes 1..3 with explicit symbols.
 
-    > $$\delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \delta\,\frac{n_B}{n_A+n_B}, \qquad M_{2,AB} = M_{2,A} + M_{2,B} + \delta^2\,\frac{n_A n_B}{n_A+n_B}$$
+    > $$\Delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \Delta\,\frac{m_B}{m_A+m_B}, \qquad V_{AB} = V_A + V_B + \Delta^2\,\frac{m_A m_B}{m_A+m_B}$$
     """
     assert _merge_residuals(size_a, size_b) == [0, 0]
 
@@ -158,7 +161,7 @@ def test_channel_moments_kernel_merges_exactly(shape, rows_per_block, nchunks):
     rows after the four quarters, blocks whose second pass runs fused with the next block's
     first, a short last block), one or two tiles of channels.
 
-    > $$\delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \delta\,\frac{n_B}{n_A+n_B}, \qquad M_{2,AB} = M_{2,A} + M_{2,B} + \delta^2\,\frac{n_A n_B}{n_A+n_B}$$
+    > $$\Delta = \mu_B - \mu_A, \qquad \mu_{AB} = \mu_A + \Delta\,\frac{m_B}{m_A+m_B}, \qquad V_{AB} = V_A + V_B + \Delta^2\,\frac{m_A m_B}{m_A+m_B}$$
     """
     rng = np.random.default_rng(2)
     x3 = rng.normal(5.0, 2.0, size=shape)
@@ -176,7 +179,7 @@ def test_block_m2_accepts_only_bounded_cancellation():
     r"""Step 11: a block's one-pass $M_2 = S_2 - S_1^2/n$ is used only while $S_2 \le 16\,M_2$
     (at most 4 bits lost to cancellation); NaN always goes to the second pass.
 
-    > $$S_2 \le 16\,M_2$$
+    > $$S_2 \le 16\,V$$
     """
     limit = _kernels.CANCELLATION_LIMIT
     assert _kernels._block_m2(0.0, 0.0, 4.0) == (0.0, 0.0, True)             # a constant block
@@ -195,7 +198,7 @@ def test_one_pass_falls_back_to_two_passes_where_it_would_cancel(shape):
     that lies far from the rest ($S_2/M_2$ up to $n$). There the block takes its second pass,
     and the variance keeps float64 accuracy; without it, it is off by 4e-11 here.
 
-    > $$\mu_{block} = c + \frac{S_1}{n}, \qquad M_2 = S_2 - \frac{S_1^2}{n}, \qquad S_1 = \sum d,\ S_2 = \sum d^2$$
+    > $$\mu_{block} = K_{block} + \frac{S_1}{m_{block}}, \qquad V = S_2 - \frac{S_1^2}{m_{block}}, \qquad S_1 = \sum \tilde x, \qquad S_2 = \sum \tilde x^2$$
     """
     rng = np.random.default_rng(0)
     x3 = rng.normal(0.0, 1e-3, size=shape)
@@ -214,3 +217,56 @@ def test_one_pass_falls_back_to_two_passes_where_it_would_cancel(shape):
             np.testing.assert_allclose(shift + mean_shifted, exact_mean.astype(np.float64), rtol=0, atol=1e-14)
     _, mean, var = bnref.forward_train(x3, np.ones(shape[1]), np.zeros(shape[1]), 1e-5, 1)  # the fused forward
     np.testing.assert_allclose(var, (exact_m2 / exact.shape[1]).astype(np.float64), rtol=1e-13)
+
+
+# ---------------------------------------------------------------- float32 differences in float64
+def _ulp_exponent(a: np.float32) -> int:
+    """q with ulp(a) = 2^q for a float32 a (2^-149 for subnormals)."""
+    return int(np.log2(np.spacing(np.abs(a))))
+
+
+def _difference_is_exact(a: np.float32, b: np.float32) -> bool:
+    return Fraction(float(np.float64(a) - np.float64(b))) == Fraction(float(a)) - Fraction(float(b))
+
+
+def test_float32_difference_exact_in_float64_when_exponents_are_close():
+    r"""Step 11: the difference of two float32 numbers is exact in float64 when their ulp exponents
+    differ by at most 29, $(2^{24}-1)(2^{29}+1) < 2^{53}$, and need not be beyond: $2^{26} - 0.0015$
+    is not (59 bits).
+
+    > $(a - b)/2^{q_b} = A\,2^{g} - B$ with $|A|, |B| \le 2^{24} - 1$, so
+    """
+    a, b = np.float32(2.0**26), np.float32(0.0015)
+    assert _ulp_exponent(a) - _ulp_exponent(b) == 36
+    assert not _difference_is_exact(a, b)
+    rng = np.random.default_rng(5)
+    full = np.float32(2 - 2.0**-23)                    # all 24 significand bits set
+    for gap in range(0, 40):
+        for _ in range(200):
+            a = np.float32(rng.uniform(1, 2)) * np.float32(2.0**rng.integers(-60, 60))
+            b = np.float32(rng.uniform(1, 2)) * np.float32(2.0 ** (_ulp_exponent(a) - gap + 23)) * rng.choice([-1, 1])
+            if abs(_ulp_exponent(a) - _ulp_exponent(b)) <= 29:
+                assert _difference_is_exact(a, b), (a, b)
+        # the bound is tight: a full significand minus a negative odd one `gap` binades lower
+        # is an odd integer of 24 + gap bits in units of the smaller ulp
+        big, small = full * np.float32(2.0**30), -np.float32(1 + 2.0**-23) * np.float32(2.0 ** (30 - gap))
+        assert _ulp_exponent(big) - _ulp_exponent(small) == gap
+        assert _difference_is_exact(big, small) == (gap <= 29), gap
+
+
+def test_first_block_cancellation_is_bounded_by_its_size():
+    r"""Step 11: centered on one of its own values, a block of $m$ values has $S_2/V \le m$
+    (Samuelson's inequality), with equality when the others are equal.
+
+    > $S_2/V$ only by $m_{block}$ (Samuelson's inequality; reached when the center lies far
+    """
+    rng = np.random.default_rng(4)
+    for size in (2, 3, 10, 1000):
+        for _ in range(50):
+            x = [Fraction(v) for v in rng.standard_normal(size)]
+            mean = sum(x) / size
+            v = sum((u - mean) ** 2 for u in x)
+            assert sum((u - x[0]) ** 2 for u in x) <= size * v
+        x = [Fraction(1)] + [Fraction(0)] * (size - 1)
+        mean = sum(x) / size
+        assert sum((u - x[0]) ** 2 for u in x) == size * sum((u - mean) ** 2 for u in x)

@@ -32,10 +32,27 @@ def expected_biased_variance_general():
     return sp.simplify(normalize_sums(expectation))
 
 
+def expectation(b, expr):
+    """E[expr] for a polynomial of degree <= 2 in the x_i of the concrete batch ``b``:
+    x_i = mu + e_i with independent e_i, E[e_i] = 0, E[e_i^2] = sigma^2."""
+    e = sp.symbols(f"e1:{b.size + 1}", real=True)
+    noise = {b.x(i): mu + e[i - 1] for i in b.indices}
+    poly = sp.Poly(sp.expand(expr.xreplace(noise)), *e)
+    moments = {0: 1, 1: 0, 2: sigma2}
+    if poly.total_degree() > 2:
+        raise ValueError("the model fixes moments up to the second only")
+    return sum(coeff * sp.Mul(*(moments[p] for p in powers)) for powers, coeff in poly.terms())
+
+
+def update_running_var(old_var, batch_var, count):
+    """bnref.update_running's variance: the PyTorch update with the unbiased batch variance."""
+    return UPDATE_TORCH.xreplace({old: old_var, new: count / (count - 1) * batch_var})
+
+
 def test_variance_as_double_sum_general_m():
     r"""Step 8 (the algebra behind the expectation), for a symbolic m.
 
-    > $$\sigma^2_B = \frac1m\sum_i x_i^2 - \frac1{m^2}\sum_i\sum_k x_i x_k$$
+    > $$\sigma^2 = \frac1m\sum_i x_i^2 - \frac1{m^2}\sum_i\sum_k x_i x_k$$
     """
     b = symbolic()
     double_sum = b.total(lambda i: b.x(i) ** 2) / m - b.total(lambda i: b.total(
@@ -46,7 +63,7 @@ def test_variance_as_double_sum_general_m():
 def test_biased_variance_expectation_general_m():
     r"""Step 8, for a symbolic m: the batch variance underestimates sigma^2 by (m - 1)/m.
 
-    > $$\mathbb E\big[\sigma^2_B\big] = \frac{m-1}{m}\,\sigma^2, \qquad \mathbb E\Big[\frac{m}{m-1}\sigma^2_B\Big] = \sigma^2$$
+    > $$\mathbb E\big[\sigma^2\big] = \frac{m-1}{m}\,\sigma^2_{pop}, \qquad \mathbb E\Big[\frac{m}{m-1}\sigma^2\Big] = \sigma^2_{pop}$$
     """
     assert sp.simplify(expected_biased_variance_general() - (m - 1) / m * sigma2) == 0
 
@@ -55,16 +72,12 @@ def test_biased_variance_expectation_general_m():
 def test_biased_variance_expectation_every_m(size):
     r"""Step 8, for m = 2..6: x_i = mu + e_i with independent e_i, E[e_i] = 0, E[e_i^2] = sigma^2.
 
-    > $$\mathbb E\big[\sigma^2_B\big] = \frac{m-1}{m}\,\sigma^2, \qquad \mathbb E\Big[\frac{m}{m-1}\sigma^2_B\Big] = \sigma^2$$
+    > $$\mathbb E\big[\sigma^2\big] = \frac{m-1}{m}\,\sigma^2_{pop}, \qquad \mathbb E\Big[\frac{m}{m-1}\sigma^2\Big] = \sigma^2_{pop}$$
     """
     b = concrete(size)
-    e = sp.symbols(f"e1:{size + 1}", real=True)
-    noise = {b.x(i): mu + e[i - 1] for i in b.indices}
-    var = sp.Poly(sp.expand(b.var.xreplace(noise)), *e)
-    moments = {0: 1, 1: 0, 2: sigma2}     # the var is quadratic: no higher moment is needed
-    expectation = sum(coeff * sp.Mul(*(moments[p] for p in powers)) for powers, coeff in var.terms())
-    assert sp.expand(expectation - sp.Rational(size - 1, size) * sigma2) == 0
-    assert sp.expand(sp.Rational(size, size - 1) * expectation - sigma2) == 0
+    expected = expectation(b, b.var)
+    assert sp.expand(expected - sp.Rational(size - 1, size) * sigma2) == 0
+    assert sp.expand(sp.Rational(size, size - 1) * expected - sigma2) == 0
 
 
 def test_momentum_conventions():
@@ -79,7 +92,7 @@ def test_running_average_weights_sum_to_one():
     r"""Step 8: after n updates the running value is a weighted average of the start and the n batch
     values, weights (1-momentum)^n and momentum (1-momentum)^(n-t), which sum to 1 for every n.
 
-    > $$r_n = (1-\alpha)^n r_0 + \sum_{t=1}^n \alpha (1-\alpha)^{n-t} b_t, \qquad (1-\alpha)^n + \sum_{t=1}^n \alpha(1-\alpha)^{n-t} = 1$$
+    > $$r_T = (1-\alpha)^T r_0 + \sum_{t=1}^T \alpha (1-\alpha)^{T-t} b_t, \qquad (1-\alpha)^T + \sum_{t=1}^T \alpha(1-\alpha)^{T-t} = 1$$
     """
     alpha = sp.Symbol("alpha", positive=True)
     n, t = sp.symbols("n t", integer=True, positive=True)
@@ -101,7 +114,7 @@ def test_update_running_matches_bnref(unbiased):
     r"""Step 8, numerically: bnref.update_running is the PyTorch update with m/(m-1) on the variance;
     with momentum = 1 - 0.99 and unbiased=False it is the Keras/Flax update.
 
-    > $$\mu_{run} \leftarrow (1-\text{momentum})\,\mu_{run} + \text{momentum}\,\mu_B, \qquad \sigma^2_{run} \leftarrow (1-\text{momentum})\,\sigma^2_{run} + \text{momentum}\,\frac{m}{m-1}\,\sigma^2_B$$
+    > $$\mu_{run} \leftarrow (1-\text{momentum})\,\mu_{run} + \text{momentum}\,\mu, \qquad \sigma^2_{run} \leftarrow (1-\text{momentum})\,\sigma^2_{run} + \text{momentum}\,\frac{m}{m-1}\,\sigma^2$$
     """
     rng = np.random.default_rng(3)
     x = rng.normal(2.0, 3.0, size=(12, 4))
@@ -113,7 +126,9 @@ def test_update_running_matches_bnref(unbiased):
     got_mean, got_var = bnref.update_running(run_mean, run_var, mean, var, count, 0.1, unbiased=unbiased)
     batch_var = var * count / (count - 1) if unbiased else var
     np.testing.assert_allclose(got_mean, torch_update(run_mean, mean, 0.1), rtol=1e-14)
-    np.testing.assert_allclose(got_var, torch_update(run_var, batch_var, 0.1), rtol=1e-14)
+    expected_var = sp.lambdify((old, new, momentum, m), update_running_var(old, new, m)) if unbiased else None
+    np.testing.assert_allclose(got_var, expected_var(run_var, var, 0.1, count) if unbiased
+                               else torch_update(run_var, var, 0.1), rtol=1e-14)
     np.testing.assert_allclose(batch_var if unbiased else var, x.var(axis=0, ddof=int(unbiased)), rtol=1e-12)
     if not unbiased:
         k_mean, k_var = bnref.update_running(run_mean, run_var, mean, var, count, 1 - 0.99, unbiased=False)
