@@ -35,7 +35,7 @@ LANGUAGES = {"python", "bash", "console", "text"}
 SHELL = {"bash", "console"}
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
                    re.MULTILINE | re.DOTALL)
-NOT_RUN = re.compile(r"<!--\s*not-run:(?P<reason>.*?)-->\s*\Z", re.DOTALL)
+NOT_RUN = re.compile(r"<!--\s*not-run:(?P<reason>(?:(?!-->).)*)-->\s*\Z", re.DOTALL)
 INCLUDE = re.compile(r'^(?P<indent>[ \t]*)--8<-- "(?P<path>[^":]+)(?::(?P<section>[\w-]+))?"[ \t]*$', re.MULTILINE)
 SECTION_MARK = re.compile(r"--8<-- \[(?:start|end):[\w-]+\]")
 
@@ -209,6 +209,18 @@ def test_shell_commands_are_valid(page, code, lang):
 def test_a_wrong_command_is_reported(line):
     (command,) = shell_commands(line, "bash")
     assert command_problems(command)
+
+
+def test_not_run_mark_applies_to_the_next_block_only(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- not-run: needs MPI -->\n```python\nraise SystemExit\n```\n\n<!-- a note -->\n"
+                    "```python\nx = 1\n```\n")
+    assert [reason for _, _, reason, _ in fenced_blocks(page)] == ["needs MPI", None]
+
+
+def test_snippet_sections_expand_without_their_marks():
+    text = expand_snippets('```python\n--8<-- "docs/examples/sync_shards.py:shards"\n```\n')
+    assert "import numpy as np" in text and "forward_train_sharded" in text and "[start:" not in text
 
 
 def test_shell_command_parsing_sees_chained_commands():
