@@ -182,14 +182,3 @@ def test_pytest_plugin_runs_the_properties(tmp_path):
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAILED ::bnref[float64-strides]" in run.stdout, run.stdout
     assert "passed" in run.stdout and "minimal example" in run.stdout
-
-
-def test_docs_page_shows_the_tested_example():
-    source = (ROOT / "docs" / "examples" / "wrap_candidate.py").read_text()
-    marked = source.split("# --8<-- [start:candidate]\n", 1)[1].split("# --8<-- [end:candidate]", 1)[0]
-    page = (ROOT / "docs" / "oracle.md").read_text()
-    block = page.split("<!-- begin: docs/examples/wrap_candidate.py candidate -->\n", 1)[1]
-    block = block.split("<!-- end: docs/examples/wrap_candidate.py candidate -->", 1)[0]
-    shown = block.strip().removeprefix("```python\n").removesuffix("```").rstrip()
-    assert shown == marked.rstrip(), "docs/oracle.md no longer shows docs/examples/wrap_candidate.py"
-    assert len(shown.splitlines()) <= 16

@@ -208,19 +208,3 @@ def test_broken_sync_batch_norm_fails_the_comparison(broken):
     failed = [c.quantity for c in compare_with_unsharded(case, sizes, run_sharded(broken, case, xs, dys))
               if not c.ok]
     assert failed, f"{broken.__name__} passed"
-
-
-def test_docs_page_shows_the_tested_example():
-    """docs/sync.md shows docs/examples/sync_shards.py verbatim, and the example runs (its asserts hold)."""
-    import runpy
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    example = root / "docs" / "examples" / "sync_shards.py"
-    marked = example.read_text().split("# --8<-- [start:shards]\n", 1)[1].split("# --8<-- [end:shards]", 1)[0]
-    page = (root / "docs" / "sync.md").read_text()
-    block = page.split("<!-- begin: docs/examples/sync_shards.py shards -->\n", 1)[1]
-    block = block.split("<!-- end: docs/examples/sync_shards.py shards -->", 1)[0]
-    shown = block.strip().removeprefix("```python\n").removesuffix("```").rstrip()
-    assert shown == marked.rstrip(), "docs/sync.md no longer shows docs/examples/sync_shards.py"
-    runpy.run_path(str(example))

@@ -1,7 +1,7 @@
-"""The docs example: batch norm over a batch split into shards (docs/sync.md shows the marked part)."""
+"""The docs example: batch norm over a batch split into shards (docs/sync.md includes the marked part)."""
+# --8<-- [start:shards]
 import numpy as np
 
-# --8<-- [start:shards]
 import bnref
 from bnref import sync
 
