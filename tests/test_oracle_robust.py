@@ -190,3 +190,14 @@ def test_oracle_replay_lines_run_as_printed(mutant):
     run = _run_replay(failure.replay)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "FAIL " in run.stdout
+
+
+def test_a_call_stuck_in_c_code_ends_the_run_with_the_partial_report():
+    run = _bnref_check(f"{CANDIDATES}:StuckInC", "--timeout", "1", "--profile", "quick", "--dtype", "float64",
+                       "--only", "backward", "--only", "forward", "--json", "-", timeout=180)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "forward_train has not returned" in run.stderr and "cannot be interrupted" in run.stderr
+    data = json.loads(run.stdout)  # the partial report, as JSON on stdout
+    assert data["fingerprint"] is None  # the eps probe is the first call, and it never returns
+    assert [r["status"] for r in data["results"]] == ["not run", "not run"], data
+    assert data["ok"] is False and "could not be interrupted" in data["stopped"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
+import numba
 import numpy as np
 
 from tests.mutants import CorrectBN
@@ -183,3 +184,23 @@ class Inconsistent(CorrectBN):
 
     def backward_sharded(self, xs, gamma, beta, eps, dys):
         raise SystemExit("giving up")
+
+
+@numba.njit("int64(int64)", nogil=True)  # compiled at import, so that the call itself never returns
+def _spin_without_the_gil(n):
+    i = 0
+    while i >= 0:  # never false: i stays in [0, n)
+        i = (i + 1) % n
+    return i
+
+
+class StuckInC(CorrectBN):
+    """forward_train enters compiled code (Numba, GIL released) that never returns to Python:
+    no signal handler can run there, so only the watchdog can end the run."""
+
+    name = "stuck-in-c"
+    breaks = "forward"
+
+    def forward_train(self, x, gamma, beta, eps):
+        _spin_without_the_gil(7)
+        return super().forward_train(x, gamma, beta, eps)
