@@ -21,7 +21,7 @@ from bnref.oracle import check, fingerprint
 from bnref.oracle.check import CheckInterrupted
 from bnref.oracle.properties import PROPERTIES
 from tests.candidates import misbehaving
-from tests.mutants import InconsistentMomentum, NaiveVariance, CorrectBN
+from tests.mutants import CorrectBN, InconsistentMomentum, NaiveVariance
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = "tests.candidates.misbehaving"
