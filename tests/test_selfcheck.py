@@ -44,7 +44,8 @@ def test_selfcheck_replay_lines_run_as_printed(monkeypatch):
         assert argv[:2] == ["python", "-c"], line
         codes.append(argv[2])
     root = Path(__file__).resolve().parents[1]
-    driver = "import sys\nfor code in sys.argv[1:]:\n    exec(compile(code, '<replay>', 'exec'), {})\nprint('ran', len(sys.argv) - 1)"
+    driver = ("import sys\nfor code in sys.argv[1:]:\n    exec(compile(code, '<replay>', 'exec'), {})\n"
+              "print('ran', len(sys.argv) - 1)")
     run = subprocess.run([sys.executable, "-c", driver, *codes], cwd=root, capture_output=True, text=True,
                          timeout=600, env=dict(os.environ, PYTHONPATH=str(root)))
     assert run.returncode == 0, run.stderr

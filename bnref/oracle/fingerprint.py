@@ -75,7 +75,8 @@ class RunningConvention:
     @property
     def consistent(self) -> bool:
         return (self.direction_mean is not None and self.direction_mean == self.direction_var
-                and self.var_divisor is not None and abs(self.stat_mean - self.batch_mean) <= 1e-3 * abs(self.batch_mean))
+                and self.var_divisor is not None
+                and abs(self.stat_mean - self.batch_mean) <= 1e-3 * abs(self.batch_mean))
 
     def convention(self) -> Convention | None:
         """The running-statistics convention measured (momentum form, running variance); None if inconsistent.

@@ -215,7 +215,8 @@ def running_stats(ctx: Context, case: BNCase) -> list[Outcome]:
     """
     conv = ctx.fingerprint.running if ctx.fingerprint is not None else None
     if conv is None or not conv.consistent:
-        why = conv.describe() if conv is not None else ctx.fingerprint.running_note if ctx.fingerprint else "not measured"
+        why = (conv.describe() if conv is not None
+               else ctx.fingerprint.running_note if ctx.fingerprint is not None else "not measured")
         raise CandidateError(f"the running statistics follow no consistent convention: {why}")
     rng = _rng(case, 3)
     momentum = float(rng.choice(MOMENTA))
