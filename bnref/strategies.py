@@ -28,6 +28,8 @@ __all__ = ["CONDITIONS", "BNCase", "make_case", "dtypes", "channel_axes", "shape
            "conditions", "seeds", "gammas", "betas", "bn_cases", "shard_sizes"]
 
 CONDITIONS = ("well", "offset", "tiny_spread", "eps_scale", "constant", "minimal")
+#: conditions :func:`make_case` builds but :func:`bn_cases` never draws: name -> (mean, std) of every channel
+FIXED_CONDITIONS = {"offset-1e4": (1e4, 1e-2)}
 
 
 def dtypes(names=("float64", "float32")) -> st.SearchStrategy[np.dtype]:
@@ -151,10 +153,11 @@ class BNCase:
 def make_case(shape, dtype, channel_axis: int, condition: str, seed: int, eps: float = 1e-5) -> BNCase:
     """Build the case that :func:`bn_cases` draws, deterministically from its parameters.
 
-    For ``condition="minimal"`` the given ``shape`` only fixes the rank and channel count.
+    For ``condition="minimal"`` the given ``shape`` only fixes the rank and channel count;
+    ``condition`` may also be one of :data:`FIXED_CONDITIONS` (a fixed mean and std in every channel).
     """
-    if condition not in CONDITIONS:
-        raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
+    if condition not in CONDITIONS and condition not in FIXED_CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS + tuple(FIXED_CONDITIONS)}")
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
     shape = tuple(int(d) for d in shape)
@@ -163,7 +166,9 @@ def make_case(shape, dtype, channel_axis: int, condition: str, seed: int, eps: f
     data_shape = _minimal_shape(rank, channels, channel_axis, rng) if condition == "minimal" else shape
     per_channel = [1] * rank
     per_channel[axis] = channels
-    if condition == "offset":
+    if condition in FIXED_CONDITIONS:
+        loc, scale = (np.full(channels, v) for v in FIXED_CONDITIONS[condition])
+    elif condition == "offset":
         sign = rng.choice([-1.0, 1.0], size=channels)
         loc = sign * 10.0 ** rng.uniform(2, 4, size=channels)
         scale = 10.0 ** -rng.uniform(0, 2, size=channels)

@@ -21,3 +21,32 @@ def test_cli_usage_and_unknown_command(capsys):
     assert cli.main(["no-such-command"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert cli.main(["selfcheck"]) == 0
+
+
+def test_selfcheck_replay_lines_run_as_printed(monkeypatch):
+    """Each failing row prints a replay command; every one runs (offset-1e4 included) and passes on bnref."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests import broken_kernels
+
+    monkeypatch.setattr(selfcheck, "bnref", broken_kernels.DroppedSumDy())
+    out = io.StringIO()
+    assert not selfcheck.run(stream=out)
+    lines = [line.split("replay: ", 1)[1] for line in out.getvalue().splitlines() if "  replay: " in line]
+    assert len(lines) == 2 * len(selfcheck.CASES) and any("'offset-1e4'" in line for line in lines)
+    codes = []
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[:2] == ["python", "-c"], line
+        codes.append(argv[2])
+    root = Path(__file__).resolve().parents[1]
+    driver = ("import sys\nfor code in sys.argv[1:]:\n    exec(compile(code, '<replay>', 'exec'), {})\n"
+              "print('ran', len(sys.argv) - 1)")
+    run = subprocess.run([sys.executable, "-c", driver, *codes], cwd=root, capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, PYTHONPATH=str(root)))
+    assert run.returncode == 0, run.stderr
+    assert f"ran {len(codes)}" in run.stdout

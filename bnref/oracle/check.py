@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 import time
 
 import numpy as np
 
 import bnref
+from bnref.oracle._guard import DEFAULT_TIMEOUT, CallTimedOut, Guard
 from bnref.oracle.fingerprint import fingerprint as measure_fingerprint
 from bnref.oracle.properties import PROPERTIES, CandidateError, Context, Outcome, property_named
 from bnref.oracle.protocol import provides, ranks_of, validate, version_of
-from bnref.oracle.report import FAIL, NOT_PROVIDED, PASS, PropertyResult, Report
+from bnref.oracle.report import FAIL, NOT_PROVIDED, NOT_RUN, PASS, PropertyResult, Report
 
-__all__ = ["check", "run_property", "load_target", "replay", "PROFILES", "TargetError"]
+__all__ = ["check", "run_property", "load_target", "replay", "PROFILES", "TargetError", "CheckInterrupted",
+           "DEFAULT_TIMEOUT"]
 
 #: oracle profile -> examples per (property, dtype). "ci" is what the test suite uses.
 PROFILES = {"quick": 8, "ci": 12, "default": 30, "thorough": 200}
@@ -31,8 +35,34 @@ class TargetError(Exception):
     """The target names no adapter or cannot be imported / instantiated (CLI exit code 2)."""
 
 
+class CheckInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`check`; ``report`` holds what ran, the rest marked "not run"."""
+
+    def __init__(self, report: Report):
+        super().__init__("bnref check interrupted")
+        self.report = report
+
+
+def _import_target_module(module_name: str):
+    """Import ``module_name`` with the current directory first on sys.path, as ``python -m`` has it.
+
+    The ``bnref`` console script's sys.path starts with its own directory, not the current one.
+    """
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return importlib.import_module(module_name)
+
+
 def load_target(target):
-    """A candidate from an adapter name, ``"module:attr"`` (an instance, or a class/factory), or an object."""
+    """A candidate from an adapter name, ``"module:attr"`` (an instance, or a class/factory), or an object.
+
+    ``module`` is looked up with the current directory first on ``sys.path`` (which this adds).
+
+    Raises:
+        TargetError: no such adapter, module or attribute; the import, the factory or the
+            candidate's attributes raised; the object is not a candidate.
+    """
     if not isinstance(target, str):
         return target
     from bnref.adapters import ADAPTERS, create
@@ -48,9 +78,12 @@ def load_target(target):
                           f"and not of the form module:attr")
     module_name, _, attr = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TargetError(f"cannot import {module_name!r} for target {target!r}: {exc}") from exc
+        module = _import_target_module(module_name)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001  (an import may raise anything, SystemExit included)
+        raise TargetError(f"cannot import {module_name!r} for target {target!r}: "
+                          f"{type(exc).__name__}: {exc}") from exc
     try:
         obj = getattr(module, attr)
     except AttributeError:
@@ -58,13 +91,19 @@ def load_target(target):
     if isinstance(obj, type) or not hasattr(obj, "forward_train"):
         try:
             obj = obj()
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001
             raise TargetError(f"{target} is neither a candidate nor a factory taking no arguments: "
                               f"{type(exc).__name__}: {exc}") from exc
     try:
         validate(obj)
+    except KeyboardInterrupt:
+        raise
     except (TypeError, ValueError) as exc:
         raise TargetError(str(exc)) from exc
+    except BaseException as exc:  # noqa: BLE001  (a candidate attribute that raises)
+        raise TargetError(f"{target}: reading the candidate's attributes raised {type(exc).__name__}: {exc}") from exc
     return obj
 
 
@@ -91,10 +130,21 @@ class _Failed(Exception):
     pass
 
 
+class _Stopped(BaseException):
+    """A call timed out: Hypothesis lets a BaseException through at once, without shrinking
+    (each shrinking step would wait for the limit again)."""
+
+
+#: Outcome.quantity of a call that exceeded its time limit
+TIMEOUT = "timeout"
+
+
 def _evaluate(prop, ctx: Context, case) -> list[Outcome]:
     try:
         with np.errstate(all="ignore"):  # a candidate's NaNs are findings, reported by the comparison
             return prop.body(ctx, case)
+    except CallTimedOut as exc:
+        return [Outcome(TIMEOUT, False, math.inf, str(exc))]
     except CandidateError as exc:
         return [Outcome("call", False, math.inf, str(exc))]
 
@@ -114,7 +164,11 @@ def _replay_code(target: str, prop: str, case) -> str:
 
 def run_property(candidate, prop, dtype: str, *, ctx: Context | None = None, max_examples: int = 30,
                  seed: int = 0, target: str | None = None) -> PropertyResult:
-    """Check one property in one dtype; a failure is shrunk to a minimal example."""
+    """Check one property in one dtype; a failure is shrunk to a minimal example.
+
+    A call that exceeds the time limit of ``ctx.guard`` fails the property on that example,
+    without shrinking.
+    """
     from hypothesis import given
     from hypothesis import seed as hypothesis_seed
     from hypothesis.errors import HypothesisException
@@ -137,12 +191,12 @@ def run_property(candidate, prop, dtype: str, *, ctx: Context | None = None, max
         bad = [o for o in outcomes if not o.ok]
         if bad:
             state["failing"] = (case, bad)  # Hypothesis replays the minimal example last
-            raise _Failed
+            raise _Stopped if any(o.quantity == TIMEOUT for o in bad) else _Failed
 
     test = hypothesis_seed(seed)(_settings(max_examples)(given(_strategy(candidate, prop, dtype))(body)))
     try:
         test()
-    except _Failed:
+    except (_Failed, _Stopped):
         pass
     except HypothesisException as exc:  # e.g. a failure that does not reproduce (a nondeterministic candidate)
         result.status = FAIL
@@ -159,8 +213,13 @@ def run_property(candidate, prop, dtype: str, *, ctx: Context | None = None, max
 
 
 def check(candidate, dtypes=None, profile: str = "default", seed: int = 0, *, properties=None,
-          progress: bool = False, target: str | None = None) -> Report:
+          progress: bool = False, target: str | None = None, timeout: float | None = DEFAULT_TIMEOUT,
+          on_hang=None) -> Report:
     """Check ``candidate`` against bnref and return the :class:`Report`.
+
+    Whatever the candidate does -- raise (SystemExit included), return something other than
+    the promised arrays, print, or not return -- is a finding on the property that called
+    it; the other properties still run.
 
     Args:
         candidate: an object following :class:`bnref.oracle.Candidate`, or a target string
@@ -170,6 +229,17 @@ def check(candidate, dtypes=None, profile: str = "default", seed: int = 0, *, pr
         seed: Hypothesis seed; the same seed gives the same cases.
         properties: names of the properties to run (default: all).
         progress: draw a progress bar on stderr.
+        timeout: seconds a single candidate call may take (None or 0: no limit). A call past it
+            fails its property and its method is not called again. A call stuck in C code that
+            cannot be interrupted ends the process with status 1 after ``2 timeout + 5`` s, once
+            ``on_hang`` has been given the partial report (default: printed to stderr); see
+            :mod:`bnref.oracle._guard`.
+        on_hang: ``on_hang(report)``, called with the partial report before such an exit.
+
+    Raises:
+        TargetError: ``candidate`` is a target string that cannot be loaded.
+        ValueError: an unknown profile or property, or a dtype the candidate does not support.
+        CheckInterrupted: Ctrl-C; its ``report`` holds the results so far, the rest "not run".
     """
     from bnref._progress import Progress
 
@@ -184,30 +254,65 @@ def check(candidate, dtypes=None, profile: str = "default", seed: int = 0, *, pr
     if unsupported:
         raise ValueError(f"{candidate.name} does not support {', '.join(unsupported)} "
                          f"(it declares {', '.join(supported)})")
-    props = PROPERTIES if properties is None else tuple(property_named(p) for p in properties)
+    try:
+        props = PROPERTIES if properties is None else tuple(property_named(p) for p in properties)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
     start = time.perf_counter()
-    fp = measure_fingerprint(candidate, "float64" if "float64" in dtypes else dtypes[0])
-    ctx = Context(candidate, fp)
     report = Report(target=target, candidate=candidate.name, version=version_of(candidate),
                     channel_axis=candidate.channel_axis, dtypes=dtypes, profile=profile, seed=seed,
-                    fingerprint=fp, bnref_version=bnref.__version__)
-    with Progress(len(props) * len(dtypes), f"bnref check {target}", unit="prop", enabled=progress,
-                  every=2.0) as bar:
-        for dtype in dtypes:
-            for prop in props:
-                report.results.append(run_property(candidate, prop, dtype, ctx=ctx, max_examples=PROFILES[profile],
-                                                   seed=seed, target=target))
+                    fingerprint=None, bnref_version=bnref.__version__)
+    planned = [(prop, dtype) for dtype in dtypes for prop in props]
+    current = {"item": None}
+
+    def partial(reason: str, running: str) -> Report:
+        """The report so far: the item in progress marked ``running``, every later one "not run"."""
+        done = len(report.results)
+        report.stopped = reason
+        report.seconds = time.perf_counter() - start
+        for i, (prop, dtype) in enumerate(planned[done:]):
+            status, failures = (FAIL, [running]) if i == 0 and current["item"] is not None and running else (
+                NOT_RUN, [])
+            report.results.append(PropertyResult(prop.name, dtype, status, summary=prop.summary, failures=failures))
+        return report
+
+    def hang(method: str) -> None:
+        where = "the fingerprint" if current["item"] is None else "this property"
+        partial(f"{method} did not return and could not be interrupted; the run was ended",
+                f"{method} did not return (stuck in C code) during {where}")
+        (on_hang or (lambda r: print(r.render(), file=sys.stderr)))(report)
+
+    guard = Guard(timeout, on_hang=hang)
+    try:
+        report.fingerprint = measure_fingerprint(candidate, "float64" if "float64" in dtypes else dtypes[0],
+                                                 guard=guard)
+        ctx = Context(candidate, report.fingerprint, guard)
+        with Progress(len(planned), f"bnref check {target}", unit="prop", enabled=progress, every=2.0) as bar:
+            for prop, dtype in planned:
+                current["item"] = (prop, dtype)
+                report.results.append(run_property(candidate, prop, dtype, ctx=ctx,
+                                                   max_examples=PROFILES[profile], seed=seed, target=target))
+                current["item"] = None
                 bar.update(1, failed=len(report.failed), last=f"{prop.name}[{dtype}]")
+    except KeyboardInterrupt:
+        current["item"] = None
+        raise CheckInterrupted(partial("interrupted (Ctrl-C)", "")) from None
+    finally:
+        guard.close()
     report.seconds = time.perf_counter() - start
     return report
 
 
-def replay(target, prop: str, case) -> list[Outcome]:
+def replay(target, prop: str, case, *, timeout: float | None = DEFAULT_TIMEOUT) -> list[Outcome]:
     """Run one property on one case (a failing report's minimal example) and print what it compares."""
     candidate = load_target(target)
-    outcomes = _evaluate(property_named(prop), Context(candidate, measure_fingerprint(candidate)), case)
+    guard = Guard(timeout)
+    try:
+        ctx = Context(candidate, measure_fingerprint(candidate, guard=guard), guard)
+        outcomes = _evaluate(property_named(prop), ctx, case)
+    finally:
+        guard.close()
     print(case.describe())
     for o in outcomes:
         print(("ok   " if o.ok else "FAIL ") + o.text)
     return outcomes
-

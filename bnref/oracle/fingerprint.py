@@ -26,12 +26,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bnref import reference
+from bnref.conventions import Convention
+from bnref.oracle._guard import CandidateError, Guard
 from bnref.testing import condition_number, unit_roundoff
 
 __all__ = ["Fingerprint", "RunningConvention", "fingerprint", "PROBE_MOMENTUM"]
 
 PROBE_EPS = 0.5
 PROBE_MOMENTUM = 0.1
+#: one channel of the running-statistics probe: mean 3, biased variance 4, unbiased 16/3
+RUNNING_PROBE = (1.0, 5.0, 1.0, 5.0)
+#: the running variance's divisor as measured -> as :class:`bnref.conventions.Convention` names it
+RUNNING_VARIANCE = {"m": "biased", "m-1": "unbiased"}
 #: (mean, std) of the float32 offset probes; kappa = |mean| / std up to 1e6
 OFFSET_PROBES = ((1e2, 1.0), (1e3, 1.0), (1e4, 1.0), (1e3, 1e-2), (1e4, 1e-2))
 
@@ -48,40 +54,47 @@ def _closest(value: float, hypotheses: dict, rtol: float):
 
 @dataclass(frozen=True)
 class RunningConvention:
-    """The measured running-statistics update: ``new = (1 - w) old + w * stat``."""
+    """The measured running-statistics update: ``new = (1 - w) old + w * stat``.
+
+    When it is consistent, :meth:`convention` is the :class:`~bnref.conventions.Convention`
+    it follows, whose ``update_running`` gives the expected values.
+    """
 
     momentum: float            # the momentum passed to the probe
     weight_mean: float         # w measured on the mean
     weight_var: float          # w measured on the variance
-    stat_mean: float           # the batch statistic the mean moved toward (true batch mean: 3)
-    stat_var: float            # ... the variance (biased 4, unbiased 16/3)
+    stat_mean: float           # the batch statistic the mean moved toward
+    stat_var: float            # ... the variance
     count: int
     direction_mean: str | None  # "new" / "old" / None (unrecognized)
     direction_var: str | None
     var_divisor: str | None    # "m" / "m-1" / None
+    batch_mean: float = 3.0    # the probe batch's mean
+    batch_var: float = 4.0     # ... and its biased variance
 
     @property
     def consistent(self) -> bool:
         return (self.direction_mean is not None and self.direction_mean == self.direction_var
-                and self.var_divisor is not None and abs(self.stat_mean - 3.0) <= 3e-3)
+                and self.var_divisor is not None
+                and abs(self.stat_mean - self.batch_mean) <= 1e-3 * abs(self.batch_mean))
 
-    def weight(self, momentum: float) -> float:
-        """The weight on the new value for a given momentum, in this convention."""
-        return momentum if self.direction_mean == "new" else 1.0 - momentum
+    def convention(self) -> Convention | None:
+        """The running-statistics convention measured (momentum form, running variance); None if inconsistent.
 
-    def expected(self, old_mean, old_var, mean, var, count: int, momentum: float):
-        """The running statistics after one step with batch ``mean`` and biased ``var`` (float64)."""
-        w = self.weight(momentum)
-        batch_var = var * count / (count - 1) if self.var_divisor == "m-1" else var
-        return ((1 - w) * old_mean.astype(np.float64) + w * mean,
-                (1 - w) * old_var.astype(np.float64) + w * batch_var)
+        Only ``momentum`` and ``running_var`` of the record are measured here; eps and the
+        normalizing variance keep the record's defaults.
+        """
+        if not self.consistent:
+            return None
+        return Convention("measured", running_var=RUNNING_VARIANCE[self.var_divisor], momentum=self.direction_mean)
 
     def describe(self) -> str:
         if not self.consistent:
+            unbiased = self.batch_var * self.count / (self.count - 1)
             return (f"inconsistent or unrecognized: with momentum={self.momentum:g} the weight on the new value "
                     f"is {self.weight_mean:.4g} for the mean and {self.weight_var:.4g} for the variance; the "
-                    f"mean moves toward {self.stat_mean:.4g} (batch mean 2), the variance toward "
-                    f"{self.stat_var:.4g} (biased 1, unbiased {self.count / (self.count - 1):.4g})")
+                    f"mean moves toward {self.stat_mean:.4g} (batch mean {self.batch_mean:.4g}), the variance "
+                    f"toward {self.stat_var:.4g} (biased {self.batch_var:.4g}, unbiased {unbiased:.4g})")
         on = "new" if self.direction_mean == "new" else "old"
         return (f"momentum={self.momentum:g} weighs the {on} value (weight {self.weight_mean:.4g} on the new "
                 f"batch statistic), same for mean and variance")
@@ -98,6 +111,7 @@ class Fingerprint:
     running_note: str = "not provided"
     single_value: str = "unmeasured"
     float32_offset: dict | None = None
+    float32_offset_note: str = "float32 not supported"
     notes: list[str] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str]]:
@@ -108,7 +122,7 @@ class Fingerprint:
             running_var = divisor.get(self.running.var_divisor,
                                       f"unrecognized (moves toward {self.running.stat_var:.4g})")
             momentum = self.running.describe()
-        f32 = "float32 not supported"
+        f32 = self.float32_offset_note
         if self.float32_offset is not None:
             o = self.float32_offset
             f32 = (f"worst relative error of y {o['error']:.3g} at mean {o['mean']:g}, std {o['std']:g} "
@@ -126,13 +140,13 @@ class Fingerprint:
         return out
 
 
-def _probe_eps(candidate, dtype, fp: Fingerprint) -> None:
+def _probe_eps(call, dtype, fp: Fingerprint) -> None:
     x = _column([-1.0, 1.0, -1.0, 1.0], dtype)
     ones, zeros = np.ones(1, dtype), np.zeros(1, dtype)
     try:
-        y = np.asarray(candidate.forward_train(x, ones, zeros, PROBE_EPS), dtype=np.float64)
-    except Exception as exc:  # reported, not raised: the fingerprint describes what happens
-        fp.eps = fp.normalize = f"probe failed: {type(exc).__name__}: {exc}"
+        y = call("forward_train", x, ones, zeros, PROBE_EPS).astype(np.float64)
+    except CandidateError as exc:  # reported, not raised: the fingerprint describes what happens
+        fp.eps = fp.normalize = f"probe failed: {exc}"
         return
     value = abs(float(y[0, 0]))
     hypotheses = {}
@@ -152,23 +166,20 @@ def _probe_eps(candidate, dtype, fp: Fingerprint) -> None:
                     "m-1": "divides by m - 1 (unbiased), unlike the paper"}[divisor]
 
 
-def _probe_running(candidate, dtype, fp: Fingerprint) -> None:
-    if not callable(getattr(candidate, "update_running", None)):
-        fp.running_note = "not provided"
-        return
-    count = 4
-    # batch mean 3, biased var 4, unbiased 16/3; none of 1/sqrt(var), sqrt(var) or 1 is close to them
-    x = _column([1.0, 5.0, 1.0, 5.0], dtype)
+def _probe_running(call, dtype, fp: Fingerprint) -> None:
+    x = _column(RUNNING_PROBE, dtype)
+    count = len(RUNNING_PROBE)
+    batch_mean, batch_var = float(np.mean(RUNNING_PROBE)), float(np.var(RUNNING_PROBE))
+    # none of 1/sqrt(var), sqrt(var) or 1 is close to the batch's mean and variances
     olds = (1.0, 5.0)
     try:
-        news = [candidate.update_running(x, np.full(1, r, dtype), np.full(1, r, dtype), PROBE_MOMENTUM)
-                for r in olds]
-    except Exception as exc:
-        fp.running_note = f"probe failed: {type(exc).__name__}: {exc}"
+        news = [call("update_running", x, np.full(1, r, dtype), np.full(1, r, dtype), PROBE_MOMENTUM) for r in olds]
+    except CandidateError as exc:
+        fp.running_note = f"probe failed: {exc}"
         return
 
     def solve(k):
-        a, b = (float(np.asarray(n[k], dtype=np.float64).reshape(-1)[0]) for n in news)
+        a, b = (float(n[k].astype(np.float64)[0]) for n in news)
         keep = (b - a) / (olds[1] - olds[0])          # 1 - w
         w = 1.0 - keep
         stat = (a - keep * olds[0]) / w if abs(w) > 1e-12 else math.nan
@@ -176,18 +187,21 @@ def _probe_running(candidate, dtype, fp: Fingerprint) -> None:
 
     (w_mean, s_mean), (w_var, s_var) = solve(0), solve(1)
     direction = lambda w: _closest(w, {"new": PROBE_MOMENTUM, "old": 1 - PROBE_MOMENTUM}, 1e-3)  # noqa: E731
-    divisor = _closest(s_var, {"m": 4.0, "m-1": 4.0 * count / (count - 1)}, 1e-3) if math.isfinite(s_var) else None
+    divisor = (_closest(s_var, {"m": batch_var, "m-1": batch_var * count / (count - 1)}, 1e-3)
+               if math.isfinite(s_var) else None)
     fp.running = RunningConvention(PROBE_MOMENTUM, w_mean, w_var, s_mean, s_var, count, direction(w_mean),
-                                   direction(w_var), divisor)
+                                   direction(w_var), divisor, batch_mean, batch_var)
 
 
-def _probe_single_value(candidate, dtype, fp: Fingerprint) -> None:
+def _probe_single_value(call, dtype, fp: Fingerprint) -> None:
     x = np.array([[0.5, -2.0, 7.0]], dtype=dtype)  # (1, 3): m = 1 in either layout
     gamma, beta = np.full(3, 1.5, dtype), np.array([0.25, -1.0, 2.0], dtype)
     try:
-        y = np.asarray(candidate.forward_train(x, gamma, beta, 1e-5), dtype=np.float64)
-    except Exception as exc:
-        fp.single_value = f"error ({type(exc).__name__}: {str(exc).splitlines()[0][:90]})"
+        y = call("forward_train", x, gamma, beta, 1e-5).astype(np.float64)
+    except CandidateError as exc:
+        raised = str(exc).split(" raised ", 1)[-1].splitlines()[0][:120]
+        # raising on m = 1 is a convention (the exception is the cause); a bad return or a timeout is not
+        fp.single_value = f"error ({raised})" if exc.__cause__ is not None else f"probe failed: {exc}"
         return
     if not np.all(np.isfinite(y)):
         fp.single_value = "NaN/inf, no error"
@@ -197,7 +211,7 @@ def _probe_single_value(candidate, dtype, fp: Fingerprint) -> None:
         fp.single_value = f"a value: y = {np.array2string(y.reshape(-1), precision=4)}, no error"
 
 
-def _probe_float32_offset(candidate, fp: Fingerprint) -> None:
+def _probe_float32_offset(call, candidate, fp: Fingerprint) -> None:
     if "float32" not in tuple(candidate.dtypes):
         return
     rng = np.random.default_rng(1234)
@@ -206,10 +220,10 @@ def _probe_float32_offset(candidate, fp: Fingerprint) -> None:
         x = (mean + std * rng.standard_normal((256, 3))).astype(np.float32)
         gamma, beta = np.ones(3, np.float32), np.zeros(3, np.float32)
         try:
-            y = np.asarray(candidate.forward_train(x, gamma, beta, 1e-5), dtype=np.float64)
-        except Exception as exc:
-            fp.notes.append(f"float32 offset probe (mean {mean:g}, std {std:g}) raised {type(exc).__name__}: {exc}")
-            continue
+            y = call("forward_train", x, gamma, beta, 1e-5).astype(np.float64)
+        except CandidateError as exc:
+            fp.float32_offset_note = f"probe failed at mean {mean:g}, std {std:g}: {exc}"
+            return
         y_ref = reference.forward_train(x, gamma, beta, 1e-5, 1)[0]
         err = float(np.max(np.abs(y - y_ref))) if np.all(np.isfinite(y)) else math.inf
         error = err / float(np.max(np.abs(y_ref)))
@@ -220,14 +234,25 @@ def _probe_float32_offset(candidate, fp: Fingerprint) -> None:
     fp.float32_offset = worst
 
 
-def fingerprint(candidate, dtype: str | None = None) -> Fingerprint:
-    """Probe ``candidate`` (in float64 when it supports it) and return its :class:`Fingerprint`."""
+def fingerprint(candidate, dtype: str | None = None, *, guard: Guard | None = None) -> Fingerprint:
+    """Probe ``candidate`` (in float64 when it supports it) and return its :class:`Fingerprint`.
+
+    Never raises for the candidate's misbehaviour: a probe whose call raises, returns
+    something other than the promised arrays or exceeds ``guard``'s time limit is recorded
+    as ``probe failed: ...``.
+    """
+    guard = guard if guard is not None else Guard()
     dtypes = tuple(candidate.dtypes)
     dtype = dtype or ("float64" if "float64" in dtypes else dtypes[0])
     fp = Fingerprint(dtype=dtype)
+
+    def call(method, *args):
+        return guard.call(candidate, method, *args)
+
     with np.errstate(all="ignore"):  # a candidate's NaN or inf is a finding, reported in the entry
-        _probe_eps(candidate, dtype, fp)
-        _probe_running(candidate, dtype, fp)
-        _probe_single_value(candidate, dtype, fp)
-        _probe_float32_offset(candidate, fp)
+        _probe_eps(call, dtype, fp)
+        if callable(getattr(candidate, "update_running", None)):
+            _probe_running(call, dtype, fp)
+        _probe_single_value(call, dtype, fp)
+        _probe_float32_offset(call, candidate, fp)
     return fp

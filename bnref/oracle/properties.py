@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from bnref import reference
+from bnref.oracle._guard import CandidateError, Guard
 from bnref.strategies import CONDITIONS, BNCase
 from bnref.testing import (TOLERANCES, compare, condition_number, per_channel, reduce_axes, scales,
                            unit_roundoff)
@@ -55,10 +56,6 @@ class Outcome:
         return cls(comparison.quantity, comparison.ok, ratio, str(comparison))
 
 
-class CandidateError(Exception):
-    """The candidate raised (or returned something unusable) where it should have returned a result."""
-
-
 def candidate_tolerance(quantity: str, dtype, *, kappa: float, m: int, gross_only: bool = False) -> float:
     """Relative tolerance for a candidate computing in ``dtype`` (see the module docstring)."""
     if gross_only:
@@ -68,18 +65,22 @@ def candidate_tolerance(quantity: str, dtype, *, kappa: float, m: int, gross_onl
 
 
 class Context:
-    """What a property body needs besides the case: the candidate and its fingerprint."""
+    """What a property body needs besides the case: the candidate, its fingerprint, and the
+    :class:`~bnref.oracle._guard.Guard` that calls it (time limit, stdout, result checks)."""
 
-    def __init__(self, candidate, fingerprint=None):
+    def __init__(self, candidate, fingerprint=None, guard: Guard | None = None):
         self.candidate = candidate
         self.fingerprint = fingerprint
+        self.guard = guard if guard is not None else Guard()
 
     def call(self, method: str, *args):
-        """``candidate.method(*args)``; any exception becomes a :class:`CandidateError` naming the call."""
-        try:
-            return getattr(self.candidate, method)(*args)
-        except Exception as exc:  # the candidate's failure is the finding, whatever its type
-            raise CandidateError(f"{method} raised {type(exc).__name__}: {exc}") from exc
+        """``candidate.method(*args)`` as NumPy arrays of the promised shapes and x's dtype.
+
+        Raises:
+            CandidateError: the candidate raised (SystemExit included), returned something else,
+                or exceeded the time limit; the message names the call and what came back.
+        """
+        return self.guard.call(self.candidate, method, *args)
 
 
 # --------------------------------------------------------------------------- comparison helpers
@@ -214,7 +215,8 @@ def running_stats(ctx: Context, case: BNCase) -> list[Outcome]:
     """
     conv = ctx.fingerprint.running if ctx.fingerprint is not None else None
     if conv is None or not conv.consistent:
-        why = "not measured" if conv is None else conv.describe()
+        why = (conv.describe() if conv is not None
+               else ctx.fingerprint.running_note if ctx.fingerprint is not None else "not measured")
         raise CandidateError(f"the running statistics follow no consistent convention: {why}")
     rng = _rng(case, 3)
     momentum = float(rng.choice(MOMENTA))
@@ -222,7 +224,8 @@ def running_stats(ctx: Context, case: BNCase) -> list[Outcome]:
     new_mean, new_var = ctx.call("update_running", case.x, old_mean, old_var, momentum)
     x64 = case.x.astype(np.float64)
     mean, var = x64.mean(axis=_reduce_axes(case)), x64.var(axis=_reduce_axes(case))
-    expected_mean, expected_var = conv.expected(old_mean, old_var, mean, var, case.count, momentum)
+    expected_mean, expected_var = conv.convention().update_running(old_mean, old_var, mean, var, case.count,
+                                                                  momentum)
     kappa = condition_number(case.x, case.channel_axis, case.eps)
     size = lambda *a: max(float(np.max(np.abs(v), initial=0)) for v in a) or 1.0  # noqa: E731
     return [_check("mean", new_mean, expected_mean, case, size(old_mean, mean), label="running_mean", kappa=kappa),

@@ -9,7 +9,7 @@ from bnref.oracle.fingerprint import Fingerprint
 
 __all__ = ["PropertyResult", "Report"]
 
-PASS, FAIL, NOT_PROVIDED, SKIPPED = "pass", "FAIL", "not provided", "skipped"
+PASS, FAIL, NOT_PROVIDED, SKIPPED, NOT_RUN = "pass", "FAIL", "not provided", "skipped", "not run"
 
 
 @dataclass
@@ -18,7 +18,7 @@ class PropertyResult:
 
     property: str
     dtype: str
-    status: str                      # pass / FAIL / not provided / skipped
+    status: str                      # pass / FAIL / not provided / skipped / not run (the run was stopped)
     summary: str = ""
     examples: int = 0
     worst_ratio: float = 0.0         # max over examples of error / tolerance (<= 1 passes)
@@ -48,10 +48,12 @@ class Report:
     results: list[PropertyResult] = field(default_factory=list)
     seconds: float = 0.0
     bnref_version: str = ""
+    stopped: str = ""                # why the run ended early ("" when it ran to the end)
 
     @property
     def ok(self) -> bool:
-        return not any(r.failed for r in self.results)
+        """No correctness property failed, and every one ran."""
+        return not self.stopped and not any(r.failed for r in self.results)
 
     @property
     def failed(self) -> list[PropertyResult]:
@@ -70,7 +72,7 @@ class Report:
     def table(self) -> str:
         rows = [("property", "dtype", "result", "examples", "worst err/tol", "what")]
         for r in self.results:
-            ratio = "" if r.status in (NOT_PROVIDED, SKIPPED) else _ratio(r.worst_ratio)
+            ratio = "" if r.status in (NOT_PROVIDED, SKIPPED, NOT_RUN) else _ratio(r.worst_ratio)
             rows.append((r.property, r.dtype, r.status, str(r.examples) if r.examples else "", ratio, r.summary))
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = []
@@ -106,6 +108,10 @@ class Report:
     def verdict(self) -> str:
         n_fail = len(self.failed)
         n_run = sum(r.status in (PASS, FAIL) for r in self.results)
+        if self.stopped:
+            n_left = sum(r.status == NOT_RUN for r in self.results)
+            return (f"STOPPED: {self.stopped}; {n_fail} of {n_run} property checks failed, {n_left} not run "
+                    f"({self.seconds:.1f} s)")
         if n_fail:
             return f"{n_fail} of {n_run} property checks FAILED ({self.seconds:.1f} s)"
         return f"all {n_run} property checks passed ({self.seconds:.1f} s)"
