@@ -318,20 +318,6 @@ class Row:
         return f"{100 * self.gbps / self.copy_gbps:.0f}%" if self.copy_gbps > 0 else ""
 
 
-def set_threads(n: int, torch=None):
-    """Pin numba, torch and (if installed) threadpoolctl's pools to ``n`` threads; returns a limiter."""
-    import numba
-
-    numba.set_num_threads(n)
-    if torch is not None:
-        torch.set_num_threads(n)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=n)
-
-
 def limit_calls(nbytes: int, dtype) -> dict:
     """The machine's limits at this size: the streaming ceiling and memcpy (see the module docstring)."""
     n = nbytes // np.dtype(dtype).itemsize
@@ -378,9 +364,10 @@ def pass_calls(inp: dict) -> dict:
 def run_passes(threads: int, repeats: int, dtype: str = "float32") -> list[dict]:
     """Per large shape and pass: bnref's split kernel against its bound loop, round-robin in one
     process (see :func:`pass_calls`); rows of shape, pass, ms, bound ms and their ratio."""
-    limiter = set_threads(threads)
+    from bnref._threads import limit_threads
+
     rows = []
-    try:
+    with limit_threads(threads):
         for shape, layout in PASS_SHAPES:
             case = Case(shape, layout, dtype)
             times = sample_ms(pass_calls(make_inputs(case)), repeats)
@@ -389,9 +376,6 @@ def run_passes(threads: int, repeats: int, dtype: str = "float32") -> list[dict]
                     bound = times[(name, "bound")][0]
                     rows.append(dict(case=case.label, dtype=dtype, threads=threads, step=name, ms=ms,
                                      bound_ms=bound, ratio=ms / bound))
-    finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
     return rows
 
 
@@ -454,20 +438,18 @@ def run(cases: list[Case], threads: list[int], repeats: int, use_torch: bool, me
             import torch
         except ImportError:
             print("bnref bench: torch is not importable; skipping the PyTorch rows", file=sys.stderr)
+    from bnref._threads import limit_threads
+
     impls = 3 + (1 if torch else 0)
     rows: list[Row] = []
     with Progress(len(cases) * len(threads), "bnref bench", unit="case", enabled=progress) as bar:
         for n_threads in threads:
-            limiter = set_threads(n_threads, torch)
-            try:
+            with limit_threads(n_threads):  # numba, torch and the BLAS pools alike
                 for case in cases:
                     rows += _run_case(case, n_threads, repeats, torch, memory)
                     last = {r.impl: r for r in rows[-2 * impls:] if r.op == "fwd+bwd"}
                     bar.update(1, case=f"{case.label} {case.dtype} t{n_threads}",
                                **{f"{k.split()[0]}_ms": round(v.ms, 3) for k, v in last.items() if k != "bnref out="})
-            finally:
-                if limiter is not None:
-                    limiter.restore_original_limits()
     return rows
 
 

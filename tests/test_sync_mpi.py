@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bnref._threads import environment
+
 ROOT = Path(__file__).resolve().parents[1]
 TIME_LIMIT_S = 300  # a fresh Numba cache compiles the kernels in both processes first
 PROCESSES = 2
@@ -32,9 +34,8 @@ def _mpirun(module: str) -> str:
     if mpiexec is None:
         pytest.skip("mpiexec not found (pip install mpich)")
     # one thread per process: two processes share the machine with the other test workers
-    threads = {var: "1" for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                    "MKL_NUM_THREADS")}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **threads)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **environment(threads=1))
     command = [mpiexec, "-n", str(PROCESSES), sys.executable, "-m", module]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)

@@ -1,32 +1,30 @@
 """bnref's own Numba kernels as a candidate (must pass everything).
 
-Every call runs with ``numba.set_num_threads(1)`` (restored afterwards): the oracle's
-arrays are tiny, and on a loaded 2-core machine the parallel kernels' thread pool
-made a forward + backward ~100x slower (110 ms instead of 1 ms).
+Every call runs on one thread, restored afterwards (:func:`bnref._threads.single_threaded`).
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
 import bnref
 from bnref import sync
+from bnref._threads import single_threaded
 
 
-def _single_threaded(method):
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        import numba
+def _forward_and_backward(forward_train, backward):
+    """The candidate's ``forward_train`` and ``backward`` methods over one pair of bnref's functions
+    (whole batch, or sharded over replicas): the backward recomputes the forward's statistics."""
 
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            return method(*args, **kwargs)
-        finally:
-            numba.set_num_threads(threads)
+    @single_threaded
+    def forward_method(self, x, gamma, beta, eps):
+        return forward_train(x, gamma, beta, eps, self.channel_axis)[0]
 
-    return wrapper
+    @single_threaded
+    def backward_method(self, x, gamma, beta, eps, dy):
+        _, mean, var = forward_train(x, gamma, beta, eps, self.channel_axis)
+        return backward(dy, x, gamma, mean, var, eps, self.channel_axis)
+
+    return forward_method, backward_method
 
 
 class BnrefCandidate:
@@ -35,36 +33,22 @@ class BnrefCandidate:
     channel_axis = 1
     version = bnref.__version__
 
-    @_single_threaded
-    def forward_train(self, x, gamma, beta, eps):
-        return bnref.forward_train(x, gamma, beta, eps, self.channel_axis)[0]
+    forward_train, backward = _forward_and_backward(bnref.forward_train, bnref.backward)
+    forward_train_sharded, backward_sharded = _forward_and_backward(sync.forward_train_sharded,
+                                                                    sync.backward_sharded)
 
-    @_single_threaded
-    def backward(self, x, gamma, beta, eps, dy):
-        _, mean, var = bnref.forward_train(x, gamma, beta, eps, self.channel_axis)
-        return bnref.backward(dy, x, gamma, mean, var, eps, self.channel_axis)
-
-    @_single_threaded
+    @single_threaded
     def forward_eval(self, x, gamma, beta, running_mean, running_var, eps):
         return bnref.forward_eval(x, gamma, beta, running_mean, running_var, eps, self.channel_axis)
 
-    @_single_threaded
+    @single_threaded
     def update_running(self, x, running_mean, running_var, momentum):
         channels = x.shape[self.channel_axis]
         ones = np.ones(channels, x.dtype)
         _, mean, var = bnref.forward_train(x, ones, 0 * ones, 1e-5, self.channel_axis)
         return bnref.update_running(running_mean, running_var, mean, var, x.size // channels, momentum)
 
-    @_single_threaded
+    @single_threaded
     def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
         _, mean, var = bnref.forward_train(x, gamma, beta, eps, self.channel_axis)
         return bnref.double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps, self.channel_axis)
-
-    @_single_threaded
-    def forward_train_sharded(self, xs, gamma, beta, eps):
-        return sync.forward_train_sharded(xs, gamma, beta, eps, self.channel_axis)[0]
-
-    @_single_threaded
-    def backward_sharded(self, xs, gamma, beta, eps, dys):
-        _, mean, var = sync.forward_train_sharded(xs, gamma, beta, eps, self.channel_axis)
-        return sync.backward_sharded(dys, xs, gamma, mean, var, eps, self.channel_axis)

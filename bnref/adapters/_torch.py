@@ -5,13 +5,14 @@ Running statistics go through the functional's buffers (``running_mean`` and
 variant hands 4D/5D inputs over in the ``channels_last`` memory format (NHWC
 strides, same logical NCHW shape).
 
-Creating the adapter sets ``torch.set_num_threads(1)`` for the process: the oracle's
-arrays are tiny, and on a loaded machine the intra-op thread pool made each call
-~100x slower (100 ms instead of 0.6 ms per backward on 2 shared cores).
+Every call runs on one thread, restored afterwards (:func:`bnref._threads.single_threaded`):
+the oracle's arrays are tiny, and waking the intra-op thread pool for each costs more than the work.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from bnref._threads import single_threaded
 
 
 class TorchCandidate:
@@ -23,7 +24,6 @@ class TorchCandidate:
         import torch
         import torch.nn.functional as F
 
-        torch.set_num_threads(1)  # see the module docstring
         self._torch, self._F = torch, F
         self.version = torch.__version__
 
@@ -45,27 +45,32 @@ class TorchCandidate:
     def _np(t):
         return t.detach().numpy().copy()
 
+    @single_threaded
     def forward_train(self, x, gamma, beta, eps):
         with self._torch.no_grad():
             return self._np(self._y(self._tensor(x), self._tensor(gamma), self._tensor(beta), eps))
 
+    @single_threaded
     def backward(self, x, gamma, beta, eps, dy):
         xs = [self._tensor(a, grad=True) for a in (x, gamma, beta)]
         y = self._y(*xs, eps)
         return tuple(self._np(g) for g in self._torch.autograd.grad(y, xs, self._tensor(dy)))
 
+    @single_threaded
     def forward_eval(self, x, gamma, beta, running_mean, running_var, eps):
         with self._torch.no_grad():
             return self._np(self._F.batch_norm(self._tensor(x), self._tensor(running_mean),
                                                self._tensor(running_var), self._tensor(gamma),
                                                self._tensor(beta), training=False, eps=eps))
 
+    @single_threaded
     def update_running(self, x, running_mean, running_var, momentum):
         rm, rv = self._tensor(running_mean), self._tensor(running_var)
         with self._torch.no_grad():
             self._F.batch_norm(self._tensor(x), rm, rv, None, None, training=True, momentum=momentum)
         return self._np(rm), self._np(rv)
 
+    @single_threaded
     def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
         x_, gamma_, beta_, dy_ = (self._tensor(a, grad=True) for a in (x, gamma, beta, dy))
         y = self._y(x_, gamma_, beta_, eps)

@@ -12,8 +12,8 @@ the median step time times 600 (steps per MNIST epoch) is reported as seconds pe
 data of MNIST's shape: the time of a step does not depend on the pixel values.
 
 Thread counts of BLAS libraries are fixed when they load, so the process re-executes itself once with
-``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``NUMBA_NUM_THREADS`` set, and
-with :func:`bnref._threads.defaults` (short spins) unless the user chose otherwise.
+``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``NUMBA_NUM_THREADS`` set to
+``--threads``, and with short spins unless the user chose otherwise (:func:`bnref._threads.reexec`).
 """
 from __future__ import annotations
 
@@ -21,12 +21,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-_CHILD = "BNREF_BENCH_CHILD"
 STEPS_PER_EPOCH = 600  # 60 000 training images / batch 100
 
 
@@ -39,13 +36,6 @@ def _parser():
     p.add_argument("--bn", choices=["on", "off", "both"], default="on", help="network with and/or without BN  [on]")
     p.add_argument("--json", help="also write the results to this file")
     return p
-
-
-def _reexec(argv: list[str], threads: int) -> int:
-    from bnref._threads import defaults
-
-    env = dict(os.environ, **{var: str(threads) for var in _THREAD_VARS}, **defaults(), **{_CHILD: "1"})
-    return subprocess.call([sys.executable, "-m", "bnref.mnist.bench", *argv], env=env)
 
 
 class _BnrefRunner:
@@ -110,34 +100,34 @@ def run(threads: int, steps: int, repeats: int, warmup: int, bn: bool) -> dict:
     import numpy as np
     import torch
 
+    from bnref._threads import limit_threads
     from bnref.mnist.train import PRESETS, build_network
 
-    torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     preset = PRESETS["seed"]
-    rng = np.random.default_rng(0)
-    images = rng.random((60_000, 784), dtype=np.float32)
-    labels = rng.integers(0, 10, 60_000)
-    runners = {"bnref": _BnrefRunner(build_network(preset, bn=bn, rng=rng), preset.lr)}
-    runners["torch"] = _TorchRunner(runners["bnref"].net, preset.lr)
-    order = rng.permutation(60_000)
+    with limit_threads(threads):
+        rng = np.random.default_rng(0)
+        images = rng.random((60_000, 784), dtype=np.float32)
+        labels = rng.integers(0, 10, 60_000)
+        runners = {"bnref": _BnrefRunner(build_network(preset, bn=bn, rng=rng), preset.lr)}
+        runners["torch"] = _TorchRunner(runners["bnref"].net, preset.lr)
+        order = rng.permutation(60_000)
 
-    def batches(block):
-        start = (block * steps * preset.batch_size) % 60_000
-        return [order[(start + i * preset.batch_size) % 60_000:][:preset.batch_size] for i in range(steps)]
+        def batches(block):
+            start = (block * steps * preset.batch_size) % 60_000
+            return [order[(start + i * preset.batch_size) % 60_000:][:preset.batch_size] for i in range(steps)]
 
-    for runner in runners.values():
-        _time_block(runner, images, labels, batches(0)[:warmup])
-    times = {name: [] for name in runners}
-    for block in range(repeats):
-        for name, runner in runners.items():  # alternate, so drifting machine load hits both alike
-            times[name].append(_time_block(runner, images, labels, batches(block)))
-    per_epoch = {name: STEPS_PER_EPOCH * statistics.median(ts) for name, ts in times.items()}
-    return {"bn": bn, "threads": threads, "steps": steps, "repeats": repeats,
-            "seconds_per_step": times, "seconds_per_epoch": per_epoch,
-            "ratio_bnref_over_torch": per_epoch["bnref"] / per_epoch["torch"],
-            "versions": {"torch": torch.__version__, "numpy": np.__version__, "numba": numba.__version__,
-                         "numba_threading_layer": _threading_layer(numba)}}
+        for runner in runners.values():
+            _time_block(runner, images, labels, batches(0)[:warmup])
+        times = {name: [] for name in runners}
+        for block in range(repeats):
+            for name, runner in runners.items():  # alternate, so drifting machine load hits both alike
+                times[name].append(_time_block(runner, images, labels, batches(block)))
+        per_epoch = {name: STEPS_PER_EPOCH * statistics.median(ts) for name, ts in times.items()}
+        return {"bn": bn, "threads": threads, "steps": steps, "repeats": repeats,
+                "seconds_per_step": times, "seconds_per_epoch": per_epoch,
+                "ratio_bnref_over_torch": per_epoch["bnref"] / per_epoch["torch"],
+                "versions": {"torch": torch.__version__, "numpy": np.__version__, "numba": numba.__version__,
+                             "numba_threading_layer": _threading_layer(numba)}}
 
 
 def _threading_layer(numba) -> str:
@@ -154,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("threads", "steps", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
-    if os.environ.get(_CHILD) != "1":  # the thread counts and defaults must be set before NumPy loads BLAS
-        return _reexec(argv, args.threads)
+    from bnref._threads import reexec
+
+    status = reexec(["mnist", "bench", *argv], threads=args.threads)  # on POSIX, returns only when all is set
+    if status is not None:
+        return status
     try:
         import torch  # noqa: F401
     except ModuleNotFoundError:

