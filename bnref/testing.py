@@ -1,4 +1,4 @@
-r"""Tolerances from error analysis, assertion helpers, and Hypothesis profiles.
+r"""Tolerances from error analysis and assertion helpers (the Hypothesis profiles: :mod:`bnref.profiles`).
 
 Error model
 -----------
@@ -22,13 +22,13 @@ constant of the float64 error bound. Both are in :data:`TOLERANCES`, each with i
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from bnref.axes import per_channel, reduce_axes
 from bnref.dtypes import unit_roundoff
+from bnref.profiles import hypothesis_settings, load_hypothesis_profile
 
 __all__ = ["reduce_axes", "per_channel", "TOLERANCES", "tolerance", "condition_number", "scales", "Comparison", "compare",
            "assert_close", "check_against_reference", "load_hypothesis_profile", "hypothesis_settings",
@@ -223,35 +223,3 @@ def check_against_reference(impl, case, rng: np.random.Generator | None = None,
         check("ggamma", ggamma, ggamma_ref)
         check("gdy", gdy, gdy_ref)
     return results
-
-
-# --------------------------------------------------------------------------- Hypothesis profiles
-
-def _register_profiles() -> None:
-    from hypothesis import HealthCheck, settings
-
-    quiet = [HealthCheck.too_slow, HealthCheck.data_too_large]
-    settings.register_profile("ci", derandomize=True, max_examples=20, deadline=None, print_blob=True,
-                              suppress_health_check=quiet, database=None)
-    settings.register_profile("dev", max_examples=50, deadline=None, print_blob=True,
-                              suppress_health_check=quiet)
-    settings.register_profile("thorough", max_examples=500, deadline=None, print_blob=True,
-                              suppress_health_check=quiet)
-
-
-def hypothesis_settings(profile: str):
-    """The registered ``hypothesis.settings`` object for ``profile`` (ci, dev, thorough)."""
-    from hypothesis import settings
-
-    _register_profiles()
-    return settings.get_profile(profile)
-
-
-def load_hypothesis_profile(default: str | None = None) -> str:
-    """Register the profiles and load ``$HYPOTHESIS_PROFILE`` (``ci`` when ``$CI`` is set, else ``dev``)."""
-    from hypothesis import settings
-
-    _register_profiles()
-    name = os.environ.get("HYPOTHESIS_PROFILE") or default or ("ci" if os.environ.get("CI") else "dev")
-    settings.load_profile(name)
-    return name
