@@ -9,10 +9,11 @@ import numbers
 
 import numpy as np
 
-from bnref.dtypes import KERNEL_DTYPES, NAMES
+from bnref.dtypes import KERNEL_DTYPES
 
 #: the dtypes the kernels take (the rows of :data:`bnref.dtypes.DTYPES` marked ``kernels``)
 SUPPORTED_DTYPES = KERNEL_DTYPES
+#: their names for messages: "float32 and float64" ("a, b and c" for three)
 _SUPPORTED_NAMES = " and ".join(", ".join(d.name for d in SUPPORTED_DTYPES).rsplit(", ", 1))
 
 
