@@ -9,7 +9,12 @@ import numbers
 
 import numpy as np
 
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from bnref.dtypes import KERNEL_DTYPES
+
+#: the dtypes the kernels take (the rows of :data:`bnref.dtypes.DTYPES` marked ``kernels``)
+SUPPORTED_DTYPES = KERNEL_DTYPES
+#: their names for messages: "float32 and float64" ("a, b and c" for three)
+_SUPPORTED_NAMES = " and ".join(", ".join(d.name for d in SUPPORTED_DTYPES).rsplit(", ", 1))
 
 
 def _describe(arr) -> str:
@@ -17,10 +22,10 @@ def _describe(arr) -> str:
 
 
 def as_float_array(name: str, value, dtype=None) -> np.ndarray:
-    """``value`` as a float32/float64 ndarray, or a TypeError naming ``name``.
+    """``value`` as an ndarray of a dtype in :data:`SUPPORTED_DTYPES`, or a TypeError naming ``name``.
 
     With ``dtype`` given, the array must already have that dtype (no silent casts:
-    mixing float32 and float64 is an error).
+    mixing dtypes is an error).
     """
     if value is None:
         raise TypeError(f"{name} must be an array, got None")
@@ -28,7 +33,7 @@ def as_float_array(name: str, value, dtype=None) -> np.ndarray:
     if arr.dtype not in SUPPORTED_DTYPES:
         kind = {"i": "an integer", "u": "an unsigned integer", "b": "a boolean", "c": "a complex",
                 "f": "an unsupported floating", "O": "an object"}.get(arr.dtype.kind, "a non-float")
-        raise TypeError(f"{name} has {kind} dtype {arr.dtype}; bnref supports float32 and float64")
+        raise TypeError(f"{name} has {kind} dtype {arr.dtype}; bnref supports {_SUPPORTED_NAMES}")
     if dtype is not None and arr.dtype != dtype:
         raise TypeError(f"{name} has dtype {arr.dtype} but x has dtype {np.dtype(dtype)}; "
                         f"cast one of them so that they match")
@@ -62,7 +67,7 @@ def same_shape(name: str, value, x: np.ndarray) -> np.ndarray:
 
 
 def per_channel(name: str, value, channels: int, dtype=None) -> np.ndarray:
-    """A ``(C,)`` vector; ``dtype=None`` accepts float32 or float64 (statistics)."""
+    """A ``(C,)`` vector; ``dtype=None`` accepts any supported dtype (statistics)."""
     arr = as_float_array(name, value, dtype)
     if arr.shape != (channels,):
         raise ValueError(f"{name} must have shape (C,) = ({channels},), one value per channel; got {arr.shape}")

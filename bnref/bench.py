@@ -57,6 +57,8 @@ from numba import njit, prange
 import bnref
 from bnref import _kernels
 from bnref._progress import Progress
+from bnref._table import render
+from bnref.dtypes import NAMES
 from bnref._threads import short_openmp_spin
 
 EPS = 1e-5
@@ -361,7 +363,11 @@ def pass_calls(inp: dict) -> dict:
     }
 
 
-def run_passes(threads: int, repeats: int, dtype: str = "float32") -> list[dict]:
+#: the dtype of the acceptance criteria, the per-pass view and --quick: the narrowest, where memory traffic dominates
+MAIN_DTYPE = NAMES[0]
+
+
+def run_passes(threads: int, repeats: int, dtype: str = MAIN_DTYPE) -> list[dict]:
     """Per large shape and pass: bnref's split kernel against its bound loop, round-robin in one
     process (see :func:`pass_calls`); rows of shape, pass, ms, bound ms and their ratio."""
     from bnref._threads import limit_threads
@@ -380,10 +386,9 @@ def run_passes(threads: int, repeats: int, dtype: str = "float32") -> list[dict]
 
 
 def format_passes(rows: list[dict]) -> str:
-    lines = [f"{'case':20s} {'pass':18s} {'ms':>8s} {'bound ms':>9s} {'ratio':>6s}"]
-    lines += [f"{r['case']:20s} {r['step']:18s} {r['ms']:8.3f} {r['bound_ms']:9.3f} {r['ratio']:6.2f}"
-              for r in rows]
-    return "\n".join(lines)
+    return render(("case", "pass", "ms", "bound ms", "ratio"),
+                  [(r["case"], r["step"], f"{r['ms']:.3f}", f"{r['bound_ms']:.3f}", f"{r['ratio']:.2f}")
+                   for r in rows], align="<<>>>")
 
 
 def machine() -> dict:
@@ -475,25 +480,32 @@ def _run_case(case: Case, n_threads: int, repeats: int, torch, memory: bool) -> 
 
 # ---------------------------------------------------------------- reporting
 
+#: the measured columns of the text and Markdown tables (cells: :func:`_measured`)
+MEASURED = ("median ms", "min ms", "GB/s", "% ceiling", "% copy", "vs torch", "extra MB", "ceiling GB/s",
+            "copy GB/s", "load")
+
+
+def _measured(r: Row) -> tuple[str, ...]:
+    vs, extra, pct = r.cells()
+    return (f"{r.ms:.3f}", f"{r.ms_min:.3f}", f"{r.gbps:.1f}", pct, r.pct_copy(), vs, extra,
+            f"{r.ceiling_gbps:.1f}", f"{r.copy_gbps:.1f}", f"{r.load:.1f}")
+
+
 def format_table(rows: list[Row]) -> str:
-    head = (f"{'case':<20} {'dtype':<7} {'thr':>3} {'impl':<10} {'op':<7} {'ms':>9} {'min ms':>9} {'GB/s':>6} "
-            f"{'%ceil':>6} {'%copy':>6} {'vs torch':>8} {'extra MB':>9} {'ceil GB/s':>9} {'copy GB/s':>9} {'load':>5}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        vs, extra, pct = r.cells()
-        lines.append(f"{r.case:<20} {r.dtype:<7} {r.threads:>3} {r.impl:<10} {r.op:<7} {r.ms:>9.3f} {r.ms_min:>9.3f} "
-                     f"{r.gbps:>6.1f} {pct:>6} {r.pct_copy():>6} {vs:>8} {extra:>9} "
-                     f"{r.ceiling_gbps:>9.1f} {r.copy_gbps:>9.1f} {r.load:>5.1f}")
-    return "\n".join(lines)
+    """Every row: case, dtype, threads, impl and op, then the :data:`MEASURED` columns."""
+    return render(("case", "dtype", "thr", "impl", "op", *MEASURED),
+                  [(r.case, r.dtype, r.threads, r.impl, r.op, *_measured(r)) for r in rows],
+                  align="<<><<" + ">" * len(MEASURED))
 
 
-def markdown_summary(rows: list[Row], threads: int, dtype: str = "float32") -> str:
+def markdown_summary(rows: list[Row], threads: int, dtype: str = MAIN_DTYPE) -> str:
     """The acceptance view: per case, bnref vs torch (fresh outputs) and out= against the ceiling."""
     sel = {(r.case, r.impl, r.op): r for r in rows if r.threads == threads and r.dtype == dtype}
     cases = list(dict.fromkeys(case for case, _, _ in sel))
-    out = [f"| case ({dtype}, {threads} thread(s)) | fwd ms bnref / torch | fwd vs torch | fwd+bwd ms bnref / torch "
-           "| fwd+bwd vs torch | out= fwd % ceiling | out= fwd+bwd % ceiling | ceiling GB/s | load |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = (f"case ({dtype}, {threads} thread(s))", "fwd ms bnref / torch", "fwd vs torch",
+              "fwd+bwd ms bnref / torch", "fwd+bwd vs torch", "out= fwd % ceiling", "out= fwd+bwd % ceiling",
+              "ceiling GB/s", "load")
+    out = []
     for case in cases:
         cells = [case]
         for op in ("fwd", "fwd+bwd"):
@@ -505,8 +517,8 @@ def markdown_summary(rows: list[Row], threads: int, dtype: str = "float32") -> s
             cells.append(f"{100 * r.frac_ceiling:.0f}%" if r else "")
         any_row = sel[next(key for key in sel if key[0] == case)]
         cells += [f"{any_row.ceiling_gbps:.1f}", f"{any_row.load:.1f}"]
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+        out.append(cells)
+    return render(header, out, align="<" + ">" * (len(header) - 1), style="markdown") + "\n"
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -518,24 +530,17 @@ def markdown_table(rows: list[Row]) -> str:
             if not sel:
                 continue
             out += [f"**{dtype}, {threads} thread(s)**", "",
-                    "| case | op | impl | median ms | min ms | GB/s | % ceiling | % copy | vs torch | extra MB "
-                    "| ceiling GB/s | copy GB/s | load |",
-                    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-            for r in sel:
-                vs, extra, pct = r.cells()
-                out.append(f"| {r.case} | {r.op} | {r.impl} | {r.ms:.3f} | {r.ms_min:.3f} | {r.gbps:.1f} | "
-                           f"{pct} | {r.pct_copy()} | {vs} | {extra} | {r.ceiling_gbps:.1f} | "
-                           f"{r.copy_gbps:.1f} | {r.load:.1f} |")
-            out.append("")
+                    render(("case", "op", "impl", *MEASURED), [(r.case, r.op, r.impl, *_measured(r)) for r in sel],
+                           align="<<<" + ">" * len(MEASURED), style="markdown"), ""]
     return "\n".join(out)
 
 
 def acceptance(rows: list[Row], threads: int) -> list[str]:
-    """Issue 6's criteria at ``threads``: >= 1.2x torch (float32, fresh outputs) and >= 60% of the
-    ceiling with out= on the large 4-D shapes."""
+    """The performance criteria at ``threads``: >= 1.2x torch (:data:`MAIN_DTYPE`, fresh outputs) and
+    >= 60% of the ceiling with out= on the large 4-D shapes."""
     lines = []
     for r in rows:
-        if r.threads != threads or r.dtype != "float32":
+        if r.threads != threads or r.dtype != MAIN_DTYPE:
             continue
         if r.impl == "bnref" and r.vs_torch is not None:
             ok = "ok  " if r.vs_torch >= 1.2 else "MISS"
@@ -547,7 +552,7 @@ def acceptance(rows: list[Row], threads: int) -> list[str]:
     return lines
 
 
-def plot(rows: list[Row], path: str, threads: int, dtype: str = "float32") -> None:
+def plot(rows: list[Row], path: str, threads: int, dtype: str = MAIN_DTYPE) -> None:
     """Grouped bars of GB/s (minimal-traffic model) per case, fwd and fwd+bwd, with the ceiling."""
     import matplotlib
 
@@ -595,10 +600,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="save the table, machine and cold start as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="save the table as Markdown (for the docs)")
     parser.add_argument("--plot", metavar="PNG", help="save a bar chart (needs matplotlib)")
-    parser.add_argument("--quick", action="store_true", help="a fast subset: 3 shapes, float32, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help=f"a fast subset: 3 shapes, {MAIN_DTYPE}, 3 repeats")
     parser.add_argument("--threads", type=_int_list, default=None,
                         help=f"comma-separated thread counts (default 1,{numba.config.NUMBA_NUM_THREADS})")
-    parser.add_argument("--dtypes", default=None, help="comma-separated, default float32,float64")
+    parser.add_argument("--dtypes", default=None, help=f"comma-separated, default {','.join(NAMES)}")
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"timed samples per measurement (default {DEFAULT_REPEATS}: medians of 7 moved "
                              "by 10-20 %% between runs on the 2-vCPU VMs this was tuned on); a case whose "
@@ -613,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess")
     parser.add_argument("--passes", action="store_true",
                         help="instead: each pass of bnref's split kernels on the large shapes against the "
-                             "simplest loop with its memory traffic (float32, the largest thread count)")
+                             f"simplest loop with its memory traffic ({MAIN_DTYPE}, the largest thread count)")
     args = parser.parse_args(argv)
 
     if args.from_json:
@@ -624,10 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or sorted({1, max_threads})
     if max(threads) > max_threads:
         parser.error(f"--threads: Numba was started with {max_threads} threads (NUMBA_NUM_THREADS)")
-    dtypes = (args.dtypes or ("float32" if args.quick else "float32,float64")).split(",")
+    dtypes = args.dtypes.split(",") if args.dtypes else [MAIN_DTYPE] if args.quick else list(NAMES)
     for dtype in dtypes:
-        if np.dtype(dtype) not in (np.float32, np.float64):
-            parser.error(f"--dtypes: {dtype!r} is not float32 or float64")
+        if dtype not in NAMES:
+            parser.error(f"--dtypes: {dtype!r} is not one of {', '.join(NAMES)}")
     repeats = args.repeats or (3 if args.quick else DEFAULT_REPEATS)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     cases = [Case(shape, layout, dtype) for dtype in dtypes for shape, layout in shapes]
@@ -682,7 +687,7 @@ def _report(rows: list[Row], cold: dict | None, args) -> int:
     threads = max(r.threads for r in rows)
     print(format_table(rows))
     print()
-    print(f"acceptance (issue 6) at {threads} thread(s):")
+    print(f"acceptance at {threads} thread(s):")
     print("\n".join(acceptance(rows, threads)))
     if cold:
         print(f"\ncold start (warm on-disk cache): import bnref {cold['import_s']:.2f} s, first "

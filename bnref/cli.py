@@ -19,11 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    width = max(map(len, COMMANDS))
-    lines = ["usage: bnref COMMAND [ARGS...]", "", "commands:"]
-    for name, (_, help_) in COMMANDS.items():
-        lines.append(f"  {name:<{width}}  {help_}")
-    lines.append("")
+    from bnref._table import render
+
+    lines = ["usage: bnref COMMAND [ARGS...]", "", "commands:",
+             render(None, [(name, help_) for name, (_, help_) in COMMANDS.items()], indent="  "), ""]
     lines.append("'bnref COMMAND --help' gives the arguments of one command.")
     return "\n".join(lines)
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import pytest
 
+from bnref import profiles
+from bnref.dtypes import NAMES
+
 
 def pytest_addoption(parser) -> None:
     group = parser.getgroup("bnref", "check a batch-norm implementation against bnref")
     group.addoption("--bnref-candidate", metavar="TARGET", default=None,
                     help="adapter name or module:attr of a bnref.oracle candidate to check")
-    group.addoption("--bnref-dtype", action="append", choices=("float32", "float64"), default=None,
+    group.addoption("--bnref-dtype", action="append", choices=NAMES, default=None,
                     help="dtype to check (repeatable; default: every dtype the candidate supports)")
-    group.addoption("--bnref-profile", default="default", choices=("quick", "ci", "default", "thorough"),
-                    help="examples per property (as bnref check --profile)")
+    group.addoption("--bnref-profile", default=profiles.DEFAULT, choices=(*profiles.PROFILES, *profiles.ALIASES),
+                    help=f"examples per property, as bnref check --profile (default {profiles.DEFAULT})")
     group.addoption("--bnref-seed", type=int, default=0, help="Hypothesis seed for the oracle's cases")
 
 
@@ -34,11 +37,12 @@ class BnrefItem(pytest.Item):
         self.prop, self.dtype, self.state = prop, dtype, session_state
 
     def runtest(self) -> None:
-        from bnref.oracle.check import PROFILES, run_property
+        from bnref.oracle.check import run_property
         from bnref.oracle.report import FAIL, NOT_PROVIDED
 
         result = run_property(self.state["candidate"], self.prop, self.dtype, ctx=self.state["context"](),
-                              max_examples=PROFILES[self.state["profile"]], seed=self.state["seed"],
+                              max_examples=profiles.profile_named(self.state["profile"]).max_examples,
+                              seed=self.state["seed"],
                               target=self.state["target"])
         if result.status == NOT_PROVIDED:
             pytest.skip(f"{self.state['target']} does not provide {', '.join(self.prop.requires)}")

@@ -11,20 +11,10 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import make_vjp
 
+from bnref.axes import per_channel, reduce_axes
+
 __all__ = ["forward_train", "forward_eval", "backward", "double_backward", "backward_eval",
            "update_running"]
-
-
-def _axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
-    channel_axis %= ndim
-    return tuple(ax for ax in range(ndim) if ax != channel_axis)
-
-
-def _per_channel(v, ndim: int, channel_axis: int):
-    """Reshape a (C,) vector to broadcast along ``channel_axis`` of a rank-``ndim`` array."""
-    shape = [1] * ndim
-    shape[channel_axis % ndim] = -1
-    return anp.reshape(v, shape)
 
 
 def _f64(*arrays):
@@ -32,11 +22,11 @@ def _f64(*arrays):
 
 
 def _forward(x, gamma, beta, eps, channel_axis):
-    axes = _axes(x.ndim, channel_axis)
+    axes = reduce_axes(x.ndim, channel_axis)
     mean = anp.mean(x, axis=axes, keepdims=True)                    # 1, C, 1, ...
     var = anp.mean((x - mean) ** 2, axis=axes, keepdims=True)       # 1, C, 1, ...
     xhat = (x - mean) / anp.sqrt(var + eps)                         # like x
-    y = _per_channel(gamma, x.ndim, channel_axis) * xhat + _per_channel(beta, x.ndim, channel_axis)
+    y = per_channel(gamma, x.ndim, channel_axis, xp=anp) * xhat + per_channel(beta, x.ndim, channel_axis, xp=anp)
     return y, anp.reshape(mean, (-1,)), anp.reshape(var, (-1,))
 
 
@@ -47,7 +37,7 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1):
 
 
 def _eval(x, gamma, beta, running_mean, running_var, eps, channel_axis):
-    bc = lambda v: _per_channel(v, x.ndim, channel_axis)  # noqa: E731
+    bc = lambda v: per_channel(v, x.ndim, channel_axis, xp=anp)  # noqa: E731
     return bc(gamma) * (x - bc(running_mean)) / anp.sqrt(bc(running_var) + eps) + bc(beta)
 
 

@@ -1,8 +1,8 @@
 """``bnref selfcheck``: the kernels against the autograd reference on a fixed set of cases.
 
 Prints one row per (shape, layout, dtype, condition) with the worst relative error
-of each output (error / scale of its terms, see :mod:`bnref.testing`) and exits
-non-zero if any exceeds its tolerance; a failing row is followed by the command that replays it.
+of each output (error / scale of its terms, see :mod:`bnref.testing`), then each
+failing comparison with the command that replays it, and exits non-zero if any exceeds its tolerance.
 """
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import sys
 import time
 
 import bnref
+from bnref._table import render
+from bnref.dtypes import KERNEL_DTYPES
 from bnref.strategies import make_case
 from bnref.testing import check_against_reference
 
-#: (shape, channel_axis, condition); every row runs in float32 and float64
+#: (shape, channel_axis, condition); every row runs in each dtype the kernels take
 CASES = [
     ((64, 10), 1, "well"),
     ((8, 3, 5, 5), 1, "well"),
@@ -37,28 +39,24 @@ def replay_command(case) -> str:
 
 
 def run(seed: int = 0, stream=sys.stdout) -> bool:
-    header = f"{'shape':<16} {'axis':>4} {'dtype':<8} {'condition':<11} " + " ".join(f"{c:>9}" for c in COLUMNS)
     print("bnref selfcheck: worst |error| / scale of its terms for each output (see bnref.testing)", file=stream)
-    print(header, file=stream)
-    print("-" * len(header) + " result", file=stream)
-    all_ok = True
+    rows, failures = [], []
     start = time.perf_counter()
     for shape, axis, condition in CASES:
-        for dtype in ("float32", "float64"):
+        for dtype in KERNEL_DTYPES:
             case = make_case(shape, dtype, axis, condition, seed)
             results = {c.quantity: c for c in check_against_reference(bnref, case, raise_on_failure=False)}
-            failed = [str(c) for c in results.values() if not c.ok]
-            cells = []
-            for col in COLUMNS:
-                c = results.get(col)
-                cells.append(f"{c.relative_error:9.1e}" if c else f"{'-':>9}")
-            all_ok &= not failed
-            print(f"{str(shape):<16} {axis:>4} {dtype:<8} {condition:<11} " + " ".join(cells)
-                  + ("  pass" if not failed else "  FAIL: " + "; ".join(failed)), file=stream)
-            if failed:
-                print(f"  replay: {replay_command(case)}", file=stream)
-    print(f"{'all passed' if all_ok else 'FAILURES'} in {time.perf_counter() - start:.1f} s", file=stream)
-    return all_ok
+            failed = [f"{shape} axis {axis} {dtype} {condition}: {c}\n  replay: {replay_command(case)}"
+                      for c in results.values() if not c.ok]
+            cells = [f"{results[col].relative_error:.1e}" if col in results else "-" for col in COLUMNS]
+            rows.append((shape, axis, dtype, condition, *cells, "FAIL" if failed else "pass"))
+            failures += failed
+    header = ("shape", "axis", "dtype", "condition", *COLUMNS, "result")
+    print(render(header, rows, align="<><<" + ">" * len(COLUMNS) + "<"), file=stream)
+    for failure in failures:
+        print(f"FAIL {failure}", file=stream)
+    print(f"{'FAILURES' if failures else 'all passed'} in {time.perf_counter() - start:.1f} s", file=stream)
+    return not failures
 
 
 def main(argv: list[str] | None = None) -> int:

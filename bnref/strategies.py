@@ -24,17 +24,27 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
-__all__ = ["CONDITIONS", "BNCase", "make_case", "dtypes", "channel_axes", "shapes", "epsilons",
+from bnref.axes import Axes, batch_norm_axes, per_channel
+from bnref.dtypes import NAMES, dtype_info
+
+__all__ = ["CONDITIONS", "WIDEST_FIRST", "BNCase", "make_case", "dtypes", "channel_axes", "shapes", "epsilons",
            "conditions", "seeds", "gammas", "betas", "bn_cases", "shard_sizes"]
 
 CONDITIONS = ("well", "offset", "tiny_spread", "eps_scale", "constant", "minimal")
 #: conditions :func:`make_case` builds but :func:`bn_cases` never draws: name -> (mean, std) of every channel
 FIXED_CONDITIONS = {"offset-1e4": (1e4, 1e-2)}
 
+#: the dtypes of :data:`bnref.dtypes.NAMES`, widest first: cases shrink toward the most precise
+WIDEST_FIRST = tuple(reversed(NAMES))
 
-def dtypes(names=("float64", "float32")) -> st.SearchStrategy[np.dtype]:
-    """float64 or float32 as ``np.dtype``; shrinks toward the first of ``names``."""
-    return st.sampled_from([np.dtype(n) for n in names])
+
+def dtypes(names=WIDEST_FIRST) -> st.SearchStrategy[np.dtype]:
+    """The dtypes ``names`` as ``np.dtype`` (default: every one bnref knows); shrinks toward the first.
+
+    Raises:
+        TypeError: a name that is not in :data:`bnref.dtypes.DTYPES`.
+    """
+    return st.sampled_from([dtype_info(n).numpy for n in names])
 
 
 def channel_axes(axes=(1, -1)) -> st.SearchStrategy[int]:
@@ -129,13 +139,18 @@ class BNCase:
         return self.x.shape[self.channel_axis]
 
     @property
+    def axes(self) -> Axes:
+        """The reduced and channel axes of ``x`` (``axes.broadcast(v)`` lines a ``(C,)`` vector up with ``x``)."""
+        return batch_norm_axes(self.x.ndim, self.channel_axis)
+
+    @property
     def count(self) -> int:
         """m: values per channel."""
-        return self.x.size // self.channels
+        return self.axes.count(self.x.shape)
 
     def describe(self) -> str:
         """Shape, dtype, layout, condition and a summary of the values."""
-        axes = tuple(i for i in range(self.x.ndim) if i != self.channel_axis % self.x.ndim)
+        axes = self.axes.reduce
         x64 = self.x.astype(np.float64)
         mean = x64.mean(axis=axes)
         std = x64.std(axis=axes)
@@ -164,8 +179,7 @@ def make_case(shape, dtype, channel_axis: int, condition: str, seed: int, eps: f
     rank, axis = len(shape), channel_axis % len(shape)
     channels = shape[axis]
     data_shape = _minimal_shape(rank, channels, channel_axis, rng) if condition == "minimal" else shape
-    per_channel = [1] * rank
-    per_channel[axis] = channels
+    along = lambda v: per_channel(v, rank, axis)  # noqa: E731
     if condition in FIXED_CONDITIONS:
         loc, scale = (np.full(channels, v) for v in FIXED_CONDITIONS[condition])
     elif condition == "offset":
@@ -178,11 +192,11 @@ def make_case(shape, dtype, channel_axis: int, condition: str, seed: int, eps: f
         loc, scale = rng.uniform(-1, 1, channels), np.sqrt(eps * 10.0 ** rng.uniform(-1, 1, channels))
     else:
         loc, scale = rng.uniform(-3, 3, channels), rng.uniform(0.5, 2, channels)
-    x = loc.reshape(per_channel) + scale.reshape(per_channel) * rng.standard_normal(data_shape)
+    x = along(loc) + along(scale) * rng.standard_normal(data_shape)
     if condition == "constant":
         constant = rng.random(channels) < 0.5
         constant[int(rng.integers(channels))] = True
-        x = np.where(constant.reshape(per_channel), loc.reshape(per_channel), x)
+        x = np.where(along(constant), along(loc), x)
     x = np.ascontiguousarray(x.astype(dtype))
     gamma = rng.uniform(0.5, 2, channels) * rng.choice([-1.0, 1.0], channels)
     beta = rng.uniform(-1, 1, channels)
@@ -193,7 +207,7 @@ _strategy = {"dtypes": dtypes, "channel_axes": channel_axes, "conditions": condi
 
 
 @st.composite
-def bn_cases(draw, *, dtypes=("float64", "float32"), channel_axes=(1, -1), conditions=CONDITIONS,
+def bn_cases(draw, *, dtypes=WIDEST_FIRST, channel_axes=(1, -1), conditions=CONDITIONS,
              min_rank: int = 2, max_rank: int = 5, max_side: int = 6, max_channels: int = 5,
              max_size: int = 2048) -> BNCase:
     """A :class:`BNCase`: shape, dtype, layout, condition, eps and values (see the module docstring)."""

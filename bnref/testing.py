@@ -1,4 +1,4 @@
-r"""Tolerances from error analysis, assertion helpers, and Hypothesis profiles.
+r"""Tolerances from error analysis and assertion helpers (the Hypothesis profiles: :mod:`bnref.profiles`).
 
 Error model
 -----------
@@ -22,18 +22,17 @@ constant of the float64 error bound. Both are in :data:`TOLERANCES`, each with i
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from bnref.axes import per_channel, reduce_axes
+from bnref.dtypes import unit_roundoff
+from bnref.profiles import hypothesis_settings, load_hypothesis_profile
+
 __all__ = ["reduce_axes", "per_channel", "TOLERANCES", "tolerance", "condition_number", "scales", "Comparison", "compare",
            "assert_close", "check_against_reference", "load_hypothesis_profile", "hypothesis_settings",
            "unit_roundoff"]
-
-
-def unit_roundoff(dtype) -> float:
-    return float(np.finfo(np.dtype(dtype)).eps) / 2
 
 
 @dataclass(frozen=True)
@@ -66,25 +65,10 @@ def tolerance(quantity: str, dtype, *, kappa: float = 1.0, m: int = 2) -> float:
     return tol.a * unit_roundoff(dtype) + tol.b * unit_roundoff(np.float64) * max(1.0, kappa) * math.sqrt(max(m, 1))
 
 
-def reduce_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
-    """The axes statistics are taken over: every axis but ``channel_axis``."""
-    return tuple(ax for ax in range(ndim) if ax != channel_axis % ndim)
-
-
-def per_channel(v, ndim: int, channel_axis: int) -> np.ndarray:
-    """Reshape a ``(C,)`` vector to broadcast along ``channel_axis`` of a rank-``ndim`` array."""
-    shape = [1] * ndim
-    shape[channel_axis % ndim] = -1
-    return np.reshape(v, shape)
-
-
-_axes = reduce_axes
-
-
 def condition_number(x, channel_axis: int = 1, eps: float = 1e-5) -> float:
     """``kappa = max_c max_i |x_ci| / sqrt(var_c + eps)`` (at least 1), computed in float64."""
     x = np.asarray(x, dtype=np.float64)
-    axes = _axes(x.ndim, channel_axis)
+    axes = reduce_axes(x.ndim, channel_axis)
     var = np.var(x, axis=axes)
     biggest = np.max(np.abs(x), axis=axes)
     return float(max(1.0, np.max(biggest / np.sqrt(var + eps)))) if x.size else 1.0
@@ -98,7 +82,7 @@ def scales(x, gamma, beta, eps, channel_axis, dy=None, ddx=None, ddgamma=None, d
     and the double-backward quantities likewise from their formulas.
     """
     x = np.asarray(x, dtype=np.float64)
-    axes = _axes(x.ndim, channel_axis)
+    axes = reduce_axes(x.ndim, channel_axis)
     m = x.size // x.shape[channel_axis] if x.size else 1
     mean = x.mean(axis=axes, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
@@ -239,35 +223,3 @@ def check_against_reference(impl, case, rng: np.random.Generator | None = None,
         check("ggamma", ggamma, ggamma_ref)
         check("gdy", gdy, gdy_ref)
     return results
-
-
-# --------------------------------------------------------------------------- Hypothesis profiles
-
-def _register_profiles() -> None:
-    from hypothesis import HealthCheck, settings
-
-    quiet = [HealthCheck.too_slow, HealthCheck.data_too_large]
-    settings.register_profile("ci", derandomize=True, max_examples=20, deadline=None, print_blob=True,
-                              suppress_health_check=quiet, database=None)
-    settings.register_profile("dev", max_examples=50, deadline=None, print_blob=True,
-                              suppress_health_check=quiet)
-    settings.register_profile("thorough", max_examples=500, deadline=None, print_blob=True,
-                              suppress_health_check=quiet)
-
-
-def hypothesis_settings(profile: str):
-    """The registered ``hypothesis.settings`` object for ``profile`` (ci, dev, thorough)."""
-    from hypothesis import settings
-
-    _register_profiles()
-    return settings.get_profile(profile)
-
-
-def load_hypothesis_profile(default: str | None = None) -> str:
-    """Register the profiles and load ``$HYPOTHESIS_PROFILE`` (``ci`` when ``$CI`` is set, else ``dev``)."""
-    from hypothesis import settings
-
-    _register_profiles()
-    name = os.environ.get("HYPOTHESIS_PROFILE") or default or ("ci" if os.environ.get("CI") else "dev")
-    settings.load_profile(name)
-    return name

@@ -1,4 +1,4 @@
-"""Test configuration: Hypothesis profiles (HYPOTHESIS_PROFILE=ci|dev|thorough)."""
-from bnref.testing import load_hypothesis_profile
+"""Test configuration: Hypothesis profiles (HYPOTHESIS_PROFILE=quick|ci|dev|thorough, bnref.profiles)."""
+from bnref.profiles import load_hypothesis_profile
 
 load_hypothesis_profile()

@@ -5,16 +5,10 @@ from hypothesis import strategies as st
 
 import bnref
 from bnref._threads import limit_threads
+from bnref.axes import per_channel, reduce_axes
+from bnref.dtypes import NAMES
 from bnref.strategies import bn_cases
-from bnref.testing import assert_close, condition_number, per_channel, reduce_axes, scales, tolerance
-
-
-def _axes(x, axis):
-    return reduce_axes(x.ndim, axis)
-
-
-def _per_channel(v, x, axis):
-    return per_channel(v, x.ndim, axis)
+from bnref.testing import assert_close, condition_number, scales, tolerance
 
 
 def _kappa(case):
@@ -27,7 +21,7 @@ def test_normalized_output_has_mean_0_and_variance_var_over_var_plus_eps(case):
     c = case.channels
     one, zero = np.ones(c, case.x.dtype), np.zeros(c, case.x.dtype)
     y, mean, var = bnref.forward_train(case.x, one, zero, case.eps, case.channel_axis)
-    y64, axes = y.astype(np.float64), _axes(y, case.channel_axis)
+    y64, axes = y.astype(np.float64), case.axes.reduce
     tol = tolerance("y", case.x.dtype, kappa=_kappa(case), m=case.count) * np.sqrt(case.count)
     assert np.all(np.abs(y64.mean(axis=axes)) <= tol), case.replay()
     np.testing.assert_allclose((y64 ** 2).mean(axis=axes), var / (var + case.eps), rtol=4 * tol, atol=4 * tol,
@@ -36,10 +30,10 @@ def test_normalized_output_has_mean_0_and_variance_var_over_var_plus_eps(case):
 
 @given(case=bn_cases(dtypes=("float64",), conditions=("well", "eps_scale", "minimal")), data=st.data())
 def test_shift_invariance(case, data):
-    """BN(x + c) = BN(x) for any per-channel shift c (bug #1, #5: large offsets)."""
+    """BN(x + c) = BN(x) for any per-channel shift c (large offsets: cancellation in E[x^2] - E[x]^2)."""
     rng = np.random.default_rng(case.seed)
     magnitude = data.draw(st.sampled_from([1.0, 1e2, 1e4]), label="shift magnitude")
-    shift = _per_channel(rng.uniform(-1, 1, case.channels) * magnitude, case.x, case.channel_axis)
+    shift = case.axes.broadcast(rng.uniform(-1, 1, case.channels) * magnitude)
     args = (case.gamma, case.beta, case.eps, case.channel_axis)
     y = bnref.forward_train(case.x, *args)[0]
     shifted = case.x + shift
@@ -63,7 +57,7 @@ def test_scale_invariance_with_eps_scaled(case, data):
         y_scaled = bnref.forward_train(x_scaled, *args, case.eps * a[0] ** 2, case.channel_axis)[0]
         np.testing.assert_array_equal(y_scaled, y, err_msg=case.replay())
     # per-channel scales with a common eps: compare each channel with its own eps
-    x_scaled = (case.x * _per_channel(a, case.x, case.channel_axis)).astype(case.x.dtype)
+    x_scaled = (case.x * case.axes.broadcast(a)).astype(case.x.dtype)
     for c in range(case.channels):
         take = lambda arr: np.take(arr, [c], axis=case.channel_axis)  # noqa: E731
         y_c = bnref.forward_train(take(x_scaled), case.gamma[c:c + 1], case.beta[c:c + 1],
@@ -108,9 +102,9 @@ def test_backward_identities(case):
     dy = rng.standard_normal(x.shape).astype(x.dtype)
     _, mean, var = bnref.forward_train(x, case.gamma, case.beta, case.eps, axis)
     dx, dgamma, _ = bnref.backward(dy, x, case.gamma, mean, var, case.eps, axis)
-    axes = _axes(x, axis)
+    axes = reduce_axes(x.ndim, axis)
     invstd = 1 / np.sqrt(var + case.eps)
-    xhat = (x.astype(np.float64) - _per_channel(mean, x, axis)) * _per_channel(invstd, x, axis)
+    xhat = (x.astype(np.float64) - per_channel(mean, x.ndim, axis)) * per_channel(invstd, x.ndim, axis)
     s = scales(x, case.gamma, case.beta, case.eps, axis, dy)
     tol = tolerance("dx", x.dtype, kappa=_kappa(case), m=case.count) * s["dx"] * case.count
     dx64 = dx.astype(np.float64)
@@ -152,8 +146,8 @@ def test_eval_with_batch_statistics_equals_train(case):
 
 @given(case=bn_cases(conditions=("constant",)))
 def test_constant_channel_gives_beta_exactly(case):
-    """A constant channel has var = 0 and y = beta exactly, for any offset (bugs #1, #2)."""
-    axes = _axes(case.x, case.channel_axis)
+    """A constant channel has var = 0 and y = beta exactly, for any offset (no cancellation, no 0/0)."""
+    axes = case.axes.reduce
     x64 = case.x.astype(np.float64)
     constant = np.flatnonzero(x64.max(axis=axes) == x64.min(axis=axes))
     y, mean, var = bnref.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)
@@ -163,10 +157,10 @@ def test_constant_channel_gives_beta_exactly(case):
         np.testing.assert_array_equal(np.take(y, [c], axis=case.channel_axis), case.beta[c])
 
 
-@given(value=st.floats(-1e7, 1e7), dtype=st.sampled_from(["float32", "float64"]),
+@given(value=st.floats(-1e7, 1e7), dtype=st.sampled_from(NAMES),
        m=st.integers(2, 300))
 def test_constant_channel_at_large_offsets(value, dtype, m):
-    """Bug #1 (PyTorch #5410): a constant channel of 1e7 must not saturate to +-1."""
+    """A constant channel of 1e7 must not saturate to +-1 (https://github.com/pytorch/pytorch/issues/5410)."""
     x = np.full((m, 1), value, dtype=dtype)
     y, _, var = bnref.forward_train(x, np.ones(1, dtype), np.full(1, 0.25, dtype))
     assert var[0] == 0.0
@@ -174,9 +168,9 @@ def test_constant_channel_at_large_offsets(value, dtype, m):
 
 
 @given(a=st.floats(-100, 100), b=st.floats(-100, 100), eps=st.sampled_from([1e-5, 1e-3]),
-       dtype=st.sampled_from(["float32", "float64"]))
+       dtype=st.sampled_from(NAMES))
 def test_two_values_closed_form(a, b, eps, dtype):
-    """m = 2: y = +-sqrt(v/(v+eps)) with v = ((a-b)/2)^2, so |y1| = |y2| (bug #13)."""
+    """m = 2: y = +-sqrt(v/(v+eps)), v = ((a-b)/2)^2, so |y1| = |y2| (the smallest batch: an m - 1 divisor shows)."""
     x = np.array([[a], [b]], dtype=dtype)
     y = bnref.forward_train(x, np.ones(1, dtype), np.zeros(1, dtype), eps)[0].astype(np.float64)
     v = ((float(x[0, 0]) - float(x[1, 0])) / 2) ** 2
@@ -187,9 +181,9 @@ def test_two_values_closed_form(a, b, eps, dtype):
     assert np.sign(y[0, 0]) == -np.sign(y[1, 0]) or a == b
 
 
-@given(exponent=st.integers(20, 37), dtype=st.sampled_from(["float32", "float64"]))
+@given(exponent=st.integers(20, 37), dtype=st.sampled_from(NAMES))
 def test_huge_values_stay_finite_and_normalized(exponent, dtype):
-    """Bug #7 (PyTorch #162489): float32 inputs near 1e30 must not overflow the statistics."""
+    """float32 inputs near 1e30 must not overflow the statistics (https://github.com/pytorch/pytorch/issues/162489)."""
     rng = np.random.default_rng(exponent)
     x = (rng.standard_normal((64, 3)) * 10.0 ** exponent).astype(dtype)
     y, _, var = bnref.forward_train(x, np.ones(3, dtype), np.zeros(3, dtype))

@@ -1,6 +1,6 @@
 """The oracle checked: every mutant fails the property it breaks; correct candidates raise no alarm.
 
-Runs under the oracle's "ci" profile (12 examples per property and dtype, fixed seed).
+Runs the oracle with the "ci" profile of bnref.profiles (its max_examples per property and dtype, seed 0).
 """
 from __future__ import annotations
 

@@ -155,14 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         print("bnref mnist bench: PyTorch is needed (pip install torch==2.13.0 --index-url <CPU wheels>)",
               file=sys.stderr)
         return 2
+    from bnref._table import render
+
     results = []
     for bn in {"on": (True,), "off": (False,), "both": (True, False)}[args.bn]:
         r = run(args.threads, args.steps, args.repeats, args.warmup, bn)
         results.append(r)
         print(f"seed network {'with' if bn else 'without'} BN, {args.threads} thread(s), batch 100, "
               f"median of {args.repeats} x {args.steps} steps:")
-        for name, sec in r["seconds_per_epoch"].items():
-            print(f"  {name:<6} {sec:8.1f} s/epoch   ({1000 * sec / STEPS_PER_EPOCH:.1f} ms/step)")
+        print(render(None, [(name, f"{sec:.1f} s/epoch", f"({1000 * sec / STEPS_PER_EPOCH:.1f} ms/step)")
+                            for name, sec in r["seconds_per_epoch"].items()], align="<><", indent="  "))
         print(f"  ratio bnref / torch = {r['ratio_bnref_over_torch']:.2f}  "
               f"(numba threading layer: {r['versions']['numba_threading_layer']})")
     if args.json:

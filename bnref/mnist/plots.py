@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bnref._table import render
+
 __all__ = ["plot_results", "merge", "table"]
 
 _STYLE = {"bn": {"color": "C0", "label": "with BN"}, "no_bn": {"color": "C3", "label": "without BN"}}
@@ -96,20 +98,21 @@ def table(results: dict, every: int = 1) -> str:
     runs = results["runs"]
     keys = [k for k in ("bn", "no_bn") if k in runs]
     by_epoch = results["config"].get("epochs") is not None
-    head = "| epoch |" if by_epoch else "| step |"
-    head += "".join(f" test acc. {_STYLE[k]['label']} | s/epoch {_STYLE[k]['label']} |" if by_epoch
-                    else f" test acc. {_STYLE[k]['label']} |" for k in keys)
-    lines = [head, "|" + "---|" * (1 + len(keys) * (2 if by_epoch else 1))]
+    header = ["epoch" if by_epoch else "step"]
+    for k in keys:
+        header += [f"test acc. {_STYLE[k]['label']}"] + ([f"s/epoch {_STYLE[k]['label']}"] if by_epoch else [])
+    rows = []
     n = max(len(runs[k]) for k in keys)
     for i in range(0, n, every):
         first = next(runs[k][i] for k in keys if i < len(runs[k]))
-        row = f"| {first['epoch']:g} |" if by_epoch else f"| {first['step']} |"
+        row = [f"{first['epoch']:g}" if by_epoch else first["step"]]
         for k in keys:
             r = runs[k][i] if i < len(runs[k]) else None
-            acc = f" {100 * r['test_acc']:.2f} % |" if r else " -- |"
-            row += acc + ((f" {r['seconds']:.0f} |" if r and r["step"] else " |") if by_epoch else "")
-        lines.append(row)
-    return "\n".join(lines)
+            row.append(f"{100 * r['test_acc']:.2f} %" if r else "--")
+            if by_epoch:
+                row.append(f"{r['seconds']:.0f}" if r and r["step"] else "")
+        rows.append(row)
+    return render(header, rows, style="markdown")
 
 
 def merge(results_list: list[dict]) -> dict:

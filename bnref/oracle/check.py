@@ -21,12 +21,14 @@ from bnref.oracle.fingerprint import fingerprint as measure_fingerprint
 from bnref.oracle.properties import PROPERTIES, CandidateError, Context, Outcome, property_named
 from bnref.oracle.protocol import provides, ranks_of, validate, version_of
 from bnref.oracle.report import FAIL, NOT_PROVIDED, NOT_RUN, PASS, PropertyResult, Report
+from bnref.profiles import ALIASES, DEFAULT, profile_named
+from bnref.profiles import PROFILES as _TABLE
 
 __all__ = ["check", "run_property", "load_target", "replay", "PROFILES", "TargetError", "CheckInterrupted",
            "DEFAULT_TIMEOUT"]
 
-#: oracle profile -> examples per (property, dtype). "ci" is what the test suite uses.
-PROFILES = {"quick": 8, "ci": 12, "default": 30, "thorough": 200}
+#: profile -> examples per (property, dtype): the ``max_examples`` of :data:`bnref.profiles.PROFILES`
+PROFILES = {name: profile_named(name).max_examples for name in (*_TABLE, *ALIASES)}
 #: small arrays keep one example in the milliseconds; rank, layout and conditioning carry the difficulty
 CASE_LIMITS = dict(max_side=5, max_channels=4, max_size=512)
 
@@ -212,7 +214,7 @@ def run_property(candidate, prop, dtype: str, *, ctx: Context | None = None, max
     return result
 
 
-def check(candidate, dtypes=None, profile: str = "default", seed: int = 0, *, properties=None,
+def check(candidate, dtypes=None, profile: str = DEFAULT, seed: int = 0, *, properties=None,
           progress: bool = False, target: str | None = None, timeout: float | None = DEFAULT_TIMEOUT,
           on_hang=None) -> Report:
     """Check ``candidate`` against bnref and return the :class:`Report`.
@@ -225,7 +227,7 @@ def check(candidate, dtypes=None, profile: str = "default", seed: int = 0, *, pr
         candidate: an object following :class:`bnref.oracle.Candidate`, or a target string
             (adapter name or ``module:attr``).
         dtypes: the dtypes to check (default: all the candidate supports).
-        profile: ``quick``, ``ci``, ``default`` or ``thorough`` (examples per property: :data:`PROFILES`).
+        profile: a name of :data:`bnref.profiles.PROFILES` (examples per property: its ``max_examples``).
         seed: Hypothesis seed; the same seed gives the same cases.
         properties: names of the properties to run (default: all).
         progress: draw a progress bar on stderr.

@@ -16,7 +16,9 @@ import contextlib
 import os
 import sys
 
-from bnref.oracle.check import DEFAULT_TIMEOUT, PROFILES, CheckInterrupted, TargetError, check, load_target
+from bnref import profiles
+from bnref.dtypes import NAMES
+from bnref.oracle.check import DEFAULT_TIMEOUT, CheckInterrupted, TargetError, check, load_target
 from bnref.oracle.properties import PROPERTIES
 
 #: the exit status after Ctrl-C (128 + SIGINT, as a shell reports it)
@@ -34,10 +36,13 @@ def _parser() -> argparse.ArgumentParser:
                f"class or factory (module is looked up in the current directory first; see docs/oracle.md). "
                f"Exit 0: all properties hold; 1: a property failed; 2: usage error; 130: interrupted.")
     p.add_argument("target", metavar="TARGET")
-    p.add_argument("--dtype", action="append", choices=("float32", "float64"),
+    p.add_argument("--dtype", action="append", choices=NAMES,
                    help="dtype to check (repeatable; default: every dtype the candidate supports)")
-    p.add_argument("--profile", default="default", choices=tuple(PROFILES),
-                   help="examples per property: " + ", ".join(f"{k} {v}" for k, v in PROFILES.items()))
+    p.add_argument("--profile", default=profiles.DEFAULT, choices=(*profiles.PROFILES, *profiles.ALIASES),
+                   help="examples per property and dtype: "
+                        + "; ".join(f"{q.name} {q.max_examples} ({q.purpose})" for q in profiles.PROFILES.values())
+                        + f". Default {profiles.DEFAULT}"
+                        + "".join(f"; {alias!r} is read as {name}" for alias, name in profiles.ALIASES.items())),
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
     p.add_argument("--only", action="append", metavar="PROPERTY", choices=[q.name for q in PROPERTIES],
                    help="run only this property (repeatable)")

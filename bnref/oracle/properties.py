@@ -29,9 +29,9 @@ import numpy as np
 
 from bnref import reference
 from bnref.oracle._guard import CandidateError, Guard
+from bnref.dtypes import unit_roundoff
 from bnref.strategies import CONDITIONS, BNCase
-from bnref.testing import (TOLERANCES, compare, condition_number, per_channel, reduce_axes, scales,
-                           unit_roundoff)
+from bnref.testing import TOLERANCES, compare, condition_number, scales
 
 __all__ = ["Outcome", "Property", "PROPERTIES", "CandidateError", "candidate_tolerance", "GROSS",
            "property_named"]
@@ -133,14 +133,6 @@ def _scales(case: BNCase, dy=None, ddx=None, ddgamma=None, ddbeta=None) -> dict:
     return scales(case.x, case.gamma, case.beta, case.eps, case.channel_axis, dy, ddx, ddgamma, ddbeta)
 
 
-def _reduce_axes(case: BNCase) -> tuple[int, ...]:
-    return reduce_axes(case.x.ndim, case.channel_axis)
-
-
-def _per_channel(v, case: BNCase):
-    return per_channel(v, case.x.ndim, case.channel_axis)
-
-
 # --------------------------------------------------------------------------- agreement with the reference
 
 def forward(ctx: Context, case: BNCase) -> list[Outcome]:
@@ -165,8 +157,8 @@ def _running_stats(case: BNCase):
     """Running statistics near (but not at) the batch's: the eval forward must use them, not the batch's."""
     rng = _rng(case, 2)
     x64 = case.x.astype(np.float64)
-    mean = x64.mean(axis=_reduce_axes(case))
-    var = x64.var(axis=_reduce_axes(case))
+    mean = x64.mean(axis=case.axes.reduce)
+    var = x64.var(axis=case.axes.reduce)
     std = np.sqrt(var + case.eps)
     running_mean = mean + std * rng.uniform(-1, 1, mean.shape)
     running_var = (var + case.eps) * rng.uniform(0.25, 4, var.shape)
@@ -183,8 +175,8 @@ def forward_eval(ctx: Context, case: BNCase) -> list[Outcome]:
     y_ref = reference.forward_eval(case.x, case.gamma, case.beta, running_mean, running_var, case.eps,
                                    case.channel_axis)
     invstd = 1 / np.sqrt(running_var.astype(np.float64) + case.eps)
-    xhat = (case.x - _per_channel(running_mean, case)) * _per_channel(invstd, case)
-    kappa = float(np.max(np.abs(case.x) * _per_channel(invstd, case), initial=1.0))
+    xhat = (case.x - case.axes.broadcast(running_mean)) * case.axes.broadcast(invstd)
+    kappa = float(np.max(np.abs(case.x) * case.axes.broadcast(invstd), initial=1.0))
     scale = float(np.max(np.abs(case.gamma))) * max(1.0, float(np.max(np.abs(xhat), initial=0))) \
         + float(np.max(np.abs(case.beta)))
     return [_check("y", y, y_ref, case, scale, kappa=kappa)]
@@ -223,7 +215,7 @@ def running_stats(ctx: Context, case: BNCase) -> list[Outcome]:
     old_mean, old_var = _running_stats(case)
     new_mean, new_var = ctx.call("update_running", case.x, old_mean, old_var, momentum)
     x64 = case.x.astype(np.float64)
-    mean, var = x64.mean(axis=_reduce_axes(case)), x64.var(axis=_reduce_axes(case))
+    mean, var = x64.mean(axis=case.axes.reduce), x64.var(axis=case.axes.reduce)
     expected_mean, expected_var = conv.convention().update_running(old_mean, old_var, mean, var, case.count,
                                                                   momentum)
     kappa = condition_number(case.x, case.channel_axis, case.eps)
@@ -241,13 +233,13 @@ def _self_check(quantity, actual, expected, case: BNCase, scale: float, label: s
 
 
 def shift_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
-    """BN(x + c) = BN(x) for a per-channel constant c (bugs #1, #5).
+    """BN(x + c) = BN(x) for a per-channel constant c (catastrophic cancellation in E[x^2] - E[x]^2).
 
     Offsets are powers of two up to 1024: large enough to expose E[x^2] - E[x]^2.
     """
     rng = _rng(case, 4)
     c = rng.choice([-1.0, 1.0], case.channels) * 2.0 ** rng.integers(0, 11, case.channels)
-    shifted = (case.x.astype(np.float64) + _per_channel(c, case)).astype(case.x.dtype)
+    shifted = (case.x.astype(np.float64) + case.axes.broadcast(c)).astype(case.x.dtype)
     y = ctx.call("forward_train", *_args(case))
     y_shifted = ctx.call("forward_train", shifted, case.gamma, case.beta, case.eps)
     # rounding x + c moves each value by u|x + c|: the data's kappa after the shift bounds the change
@@ -257,7 +249,7 @@ def shift_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def scale_equivariance(ctx: Context, case: BNCase) -> list[Outcome]:
-    """BN(a x; eps a^2) = BN(x; eps) for a = 2^k (bug #7: scale handling).
+    """BN(a x; eps a^2) = BN(x; eps) for a = 2^k (a hard-coded eps, overflow in the squares).
 
     Scaling by a power of two is exact, so a correct kernel agrees to rounding; a
     hard-coded or ignored eps does not.
@@ -310,21 +302,21 @@ def sum_dx_zero(ctx: Context, case: BNCase) -> list[Outcome]:
     dx = np.asarray(_result(ctx.call("backward", *_args(case), dy), 3)[0])
     if dx.shape != case.x.shape:
         raise CandidateError(f"backward returned dx of shape {dx.shape}, expected {case.x.shape}")
-    total = dx.astype(np.float64).sum(axis=_reduce_axes(case)).astype(dx.dtype)  # keeps dx's dtype for _check
+    total = dx.astype(np.float64).sum(axis=case.axes.reduce).astype(dx.dtype)  # keeps dx's dtype for _check
     scale = _scales(case, dy)["dx"] * case.count
     return [_check("dx", total, np.zeros(case.channels), case, scale, label="sum(dx) per channel")]
 
 
 def constant_channel(ctx: Context, case: BNCase) -> list[Outcome]:
-    """A constant channel gives y = beta (bugs #1, #2, #24).
+    """A constant channel gives y = beta (a variance that cancels below 0, a division by a zero variance).
 
     var = 0 there: y = beta exactly when x - mean rounds to 0, never NaN.
     """
     y = np.asarray(ctx.call("forward_train", *_args(case)))
     x64 = case.x.astype(np.float64)
-    constant = np.ptp(x64, axis=_reduce_axes(case)) == 0
-    expected = np.broadcast_to(_per_channel(case.beta.astype(np.float64), case), case.x.shape)
-    mask = np.broadcast_to(_per_channel(constant, case), case.x.shape)
+    constant = np.ptp(x64, axis=case.axes.reduce) == 0
+    expected = np.broadcast_to(case.axes.broadcast(case.beta.astype(np.float64)), case.x.shape)
+    mask = np.broadcast_to(case.axes.broadcast(constant), case.x.shape)
     if y.shape != case.x.shape:
         raise CandidateError(f"forward_train returned shape {y.shape}, expected {case.x.shape}")
     masked = np.where(mask, y, expected.astype(case.x.dtype)) if y.dtype == case.x.dtype else y
@@ -376,7 +368,7 @@ def inputs_unchanged(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def strides(ctx: Context, case: BNCase) -> list[Outcome]:
-    """Strided, column-major x and dy give the results of C-contiguous ones (bug #11)."""
+    """Strided, column-major x and dy give the results of C-contiguous ones (memory read as if C-contiguous)."""
     def strided(a):
         # every other element of a column-major buffer: neither C- nor F-contiguous
         big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype, order="F")
@@ -397,7 +389,8 @@ def shard_sizes(case: BNCase, kind: str, max_shards: int | None) -> tuple[int, .
 
     ``uneven``: 2..max_shards non-empty shards of random sizes (fewer when the batch is smaller);
     ``degenerate``: a shard of 1 or 0 samples beside the rest -- ``(1, n-1)``, ``(0, n)``,
-    ``(n-1, 0, 1)``, ``(1, 1, n-2)``: the splits of PyTorch #22192/#36865 and apex #262.
+    ``(n-1, 0, 1)``, ``(1, 1, n-2)``: the splits of https://github.com/pytorch/pytorch/issues/22192,
+    https://github.com/pytorch/pytorch/issues/36865 and https://github.com/NVIDIA/apex/issues/262.
     """
     n = case.x.shape[0]
     k_max = max(2, min(max_shards or DEFAULT_MAX_SHARDS, DEFAULT_MAX_SHARDS))
@@ -446,8 +439,10 @@ def _sharded(kind: str):
                           suffix=f" over shards {sizes}")
 
     body.__doc__ = {
-        "uneven": "Shards of unequal sizes: ys, dxs, dgamma, dbeta are the whole batch's (issue 7).",
-        "degenerate": "Shards of 1 and 0 samples beside the rest (PyTorch #22192, #36865; apex #262).",
+        "uneven": "Shards of unequal sizes: ys, dxs, dgamma, dbeta are the whole batch's "
+                  "(shard statistics weighted by shard size, not averaged).",
+        "degenerate": "Shards of 1 and 0 samples beside the rest "
+                      "(https://github.com/pytorch/pytorch/issues/36865, https://github.com/NVIDIA/apex/issues/262).",
     }[kind]
     return body
 

@@ -8,7 +8,7 @@ channels-last); ``gamma``, ``beta``, ``running_mean`` and ``running_var`` are
 Required::
 
     name: str
-    dtypes: tuple[str, ...]          # e.g. ("float32", "float64")
+    dtypes: tuple[str, ...]          # some of bnref.dtypes.NAMES, e.g. ("float32", "float64")
     channel_axis: int                # 1 or -1
     forward_train(x, gamma, beta, eps) -> y
     backward(x, gamma, beta, eps, dy) -> (dx, dgamma, dbeta)
@@ -39,6 +39,8 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from bnref.dtypes import NAMES
 
 __all__ = ["Candidate", "OPTIONAL_METHODS", "REQUIRED_METHODS", "provides", "validate", "version_of",
            "ranks_of"]
@@ -87,9 +89,9 @@ def validate(candidate) -> None:
                         f"(see bnref.oracle.protocol)")
     if candidate.channel_axis not in (1, -1):
         raise ValueError(f"candidate.channel_axis must be 1 or -1; got {candidate.channel_axis!r}")
-    bad = [d for d in candidate.dtypes if d not in ("float32", "float64")]
+    bad = [d for d in candidate.dtypes if d not in NAMES]
     if bad or not candidate.dtypes:
-        raise ValueError(f"candidate.dtypes must be a non-empty subset of ('float32', 'float64'); "
+        raise ValueError(f"candidate.dtypes must be a non-empty subset of {NAMES!r}; "
                          f"got {tuple(candidate.dtypes)!r}")
     if any(r < 2 for r in ranks_of(candidate)):
         raise ValueError(f"candidate.ranks must be >= 2; got {ranks_of(candidate)!r}")

@@ -5,6 +5,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from bnref._table import render
 from bnref.oracle.fingerprint import Fingerprint
 
 __all__ = ["PropertyResult", "Report"]
@@ -70,25 +71,17 @@ class Report:
                 f"layout {layout}; dtypes {', '.join(self.dtypes)}; profile {self.profile}; seed {self.seed}")
 
     def table(self) -> str:
-        rows = [("property", "dtype", "result", "examples", "worst err/tol", "what")]
+        rows = []
         for r in self.results:
             ratio = "" if r.status in (NOT_PROVIDED, SKIPPED, NOT_RUN) else _ratio(r.worst_ratio)
-            rows.append((r.property, r.dtype, r.status, str(r.examples) if r.examples else "", ratio, r.summary))
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        lines = []
-        for i, row in enumerate(rows):
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[5])
-            if i == 0:
-                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 4)
-        return "\n".join(lines)
+            rows.append((r.property, r.dtype, r.status, r.examples or "", ratio, r.summary))
+        return render(("property", "dtype", "result", "examples", "worst err/tol", "what"), rows)
 
     def conventions(self) -> str:
         if self.fingerprint is None:
             return "conventions: not measured"
-        rows = self.fingerprint.rows()
-        width = max(len(k) for k, _ in rows)
-        lines = [f"conventions (measured in {self.fingerprint.dtype}):"]
-        lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+        lines = [f"conventions (measured in {self.fingerprint.dtype}):",
+                 render(None, self.fingerprint.rows(), indent="  ")]
         lines += [f"  note: {n}" for n in self.fingerprint.notes]
         return "\n".join(lines)
 
