@@ -700,9 +700,10 @@ def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None, stream_b
     (:mod:`bnref._nontemporal`), computing the same bits.
     """
     A, C, B = x.shape
-    # blocks of about COMBINE_BLOCK_ELEMENTS, but at least COMBINE_MIN_BLOCKS of them (balance)
+    # blocks of about COMBINE_BLOCK_ELEMENTS, but at least COMBINE_MIN_BLOCKS of them (balance);
+    # an empty x (C or B zero) has a block of one item and nothing to loop over
     items = A if B == 1 else A * C
-    block = max(1, min(COMBINE_BLOCK_ELEMENTS // (C if B == 1 else B), -(-items // COMBINE_MIN_BLOCKS)))
+    block = max(1, min(COMBINE_BLOCK_ELEMENTS // max(1, C if B == 1 else B), -(-items // COMBINE_MIN_BLOCKS)))
     if B == 1 and v is None and out.size * out.itemsize >= stream_bytes:
         mu, kx, k0 = wrapped(mean, LINE_ELEMENTS), wrapped(k_x, LINE_ELEMENTS), wrapped(k_0, LINE_ELEMENTS)
         ku = kx if k_u is None else wrapped(k_u, LINE_ELEMENTS)

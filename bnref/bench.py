@@ -55,7 +55,7 @@ import numpy as np
 from numba import njit, prange
 
 import bnref
-from bnref import _kernels
+from bnref import _core, _kernels
 from bnref._progress import Progress
 from bnref._threads import short_openmp_spin
 
@@ -351,7 +351,7 @@ def pass_calls(inp: dict) -> dict:
     """(pass, "bnref" | "bound") -> callable: each pass of bnref's split kernels, and the simplest
     loop with the same memory traffic (reads x, dy; writes y, dx) as its bound."""
     x, dy = inp["x"], inp["dy"]
-    prep = bnref.functional._Prepared(x, inp["axis"], training=True)
+    prep = _core.Prepared(x, inp["axis"], training=True)
     x3, dy3 = prep.x3, prep.layout.view(dy)
     a, c, b = x3.shape
     out = np.empty_like(x3)
@@ -700,7 +700,7 @@ def _report(rows: list[Row], cold: dict | None, args) -> int:
     threads = max(r.threads for r in rows)
     print(format_table(rows))
     print()
-    print(f"acceptance (issue 6) at {threads} thread(s):")
+    print(f"acceptance at {threads} thread(s):")
     print("\n".join(acceptance(rows, threads)))
     if cold:
         print(f"\ncold start (warm on-disk cache): import bnref {cold['import_s']:.2f} s, first "
