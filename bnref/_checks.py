@@ -103,14 +103,20 @@ def count_value(count) -> int:
     return int(count)
 
 
-def training_count(x: np.ndarray, axis: int) -> int:
-    """Values per channel; training statistics need at least two."""
-    channels = x.shape[axis]
-    count = x.size // channels if channels else 0
+def too_few_values(count, detail: str) -> ValueError:
+    """The error for training statistics from fewer than 2 values per channel; ``detail`` says
+    where the count comes from."""
+    if count == 0:
+        return ValueError(f"the batch is empty, and training statistics need at least 2 values per channel; "
+                          f"{detail}")
+    return ValueError(f"expected more than 1 value per channel when training; {detail}")
+
+
+def training_values(count: int, shape: tuple, axis: int, name: str = "x") -> None:
+    """Raise unless ``count``, the values per channel of ``name`` (of ``shape``), is at least 2."""
     if count < 2:
-        raise ValueError(f"expected more than 1 value per channel when training; x has shape {x.shape} "
-                         f"with channel_axis={axis}, so each channel has {count} value(s)")
-    return count
+        raise too_few_values(count, f"{name} has shape {shape} with channel_axis={axis}, so each channel has "
+                                    f"{count} value(s)")
 
 
 def out_array(name: str, out, x: np.ndarray) -> np.ndarray | None:

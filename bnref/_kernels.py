@@ -1,7 +1,8 @@
 """Numba kernels over the canonical ``(A, C, B)`` view (see ``_layout``).
 
-Three kernels do all the full-size work; every per-channel formula lives in
-``functional.py`` on ``(C,)`` float64 vectors, next to the math it implements. The helpers
+Three kernels do all the full-size work; the per-channel formulas on ``(C,)`` float64 vectors
+live with the functions that apply them (:mod:`bnref._core`, :mod:`bnref.functional`), except
+:func:`invstd` and :func:`dx_coefficients`, which the fused kernels share. The helpers
 between them are the loops of one block of work, written once for each layout.
 
 * :func:`channel_moments` -- per-channel mean and M2 = sum (x - mean)^2, one pass over memory.
@@ -50,8 +51,8 @@ from bnref._nontemporal import LINE, fence, line_nt
 
 #: a statistics block holds about this many values of one channel (channels-first) or of one
 #: tile of channels (channels-last): 512 KB of float32, so that the rare second pass reads the
-#: L2 cache, not memory (4x the earlier 32k: the statistics pass 10 % faster, fewer restarts of
-#: the four streams and fewer merges)
+#: L2 cache, not memory; longer blocks mean fewer restarts of the four streams and fewer merges
+#: (measured: blocks of 128k values make the statistics pass 10 % faster than blocks of 32k)
 BLOCK_ELEMENTS = 1 << 17
 #: the reduction over A is split into at most this many chunks, whatever the thread count
 MAX_CHUNKS = 16
@@ -65,8 +66,8 @@ CHUNK_MIN_ELEMENTS = 1 << 15
 LANES = 512
 #: channels-first statistics take up to this many channels per work item (fewer, longer items)
 CHANNEL_GROUP = 8
-#: :func:`combine` hands out work in blocks of about this many elements (whole rows or runs;
-#: 4x the earlier 16k: 3-5 % faster, as each block restarts the hardware prefetchers)
+#: :func:`combine` hands out work in blocks of about this many elements (whole rows or runs):
+#: each block restarts the hardware prefetchers (measured: blocks of 64k 3-5 % faster than of 16k)
 COMBINE_BLOCK_ELEMENTS = 1 << 16
 #: ... and in at least this many blocks, so that threads get equal shares of a small input
 COMBINE_MIN_BLOCKS = 8
@@ -83,7 +84,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 16
 #: of what they read (x; x and dy), so that the elementwise half re-reads the item from L2 or
 #: from a thread's share of L3, not from memory: 4 MB, measured float32 at 2 threads on a 1 MB
 #: L2, 32 MB L3 machine: the backward on 64x64x56x56 and 128x64x56x56 NCHW (1.6 and 3.2 MB a
-#: channel) 15-18 % faster fused than split, items of 6 MB no faster, 1 thread a tie (1 MB before)
+#: channel) 15-18 % faster fused than split, items of 6 MB no faster, 1 thread a tie
 FUSED_ITEM_BYTES = 1 << 22
 #: ... but channels-first items over this many bytes (those re-read from L3) only where there are
 #: :data:`FUSED_MIN_ITEMS` of them: with fewer, the threads' shares are uneven (measured:
@@ -700,9 +701,10 @@ def combine(x, mean, k_x, k_0, out, u=None, k_u=None, v=None, k_v=None, stream_b
     (:mod:`bnref._nontemporal`), computing the same bits.
     """
     A, C, B = x.shape
-    # blocks of about COMBINE_BLOCK_ELEMENTS, but at least COMBINE_MIN_BLOCKS of them (balance)
+    # blocks of about COMBINE_BLOCK_ELEMENTS, but at least COMBINE_MIN_BLOCKS of them (balance);
+    # an empty x (C or B zero) has a block of one item and nothing to loop over
     items = A if B == 1 else A * C
-    block = max(1, min(COMBINE_BLOCK_ELEMENTS // (C if B == 1 else B), -(-items // COMBINE_MIN_BLOCKS)))
+    block = max(1, min(COMBINE_BLOCK_ELEMENTS // max(1, C if B == 1 else B), -(-items // COMBINE_MIN_BLOCKS)))
     if B == 1 and v is None and out.size * out.itemsize >= stream_bytes:
         mu, kx, k0 = wrapped(mean, LINE_ELEMENTS), wrapped(k_x, LINE_ELEMENTS), wrapped(k_0, LINE_ELEMENTS)
         ku = kx if k_u is None else wrapped(k_u, LINE_ELEMENTS)

@@ -31,7 +31,7 @@ in one process), whose idle threads spin after every parallel region, by default
 300 000 spins. Left spinning, the two sets of threads take the cores from each other (measured
 under a load average of 9: bnref fwd+bwd on 32x256x28x28 channels-last 288 ms with spinning,
 33 ms without). Not spinning at all (``OMP_WAIT_POLICY=PASSIVE``) costs a sleeping thread's
-wake-up, about 80 us on this 2-core VM, at the start of every parallel region of either
+wake-up, about 80 us on a 2-core VM, at the start of every parallel region of either
 library (bnref 256x4096 float32 forward: 1.0 ms passive, 0.64 ms with a short spin). ``main``
 therefore sets ``GOMP_SPINCOUNT`` to :data:`~bnref._threads.SPIN_COUNT` (spin about 0.1-0.3 ms,
 then sleep), for both libraries alike, unless the environment sets ``OMP_WAIT_POLICY`` or
@@ -55,7 +55,7 @@ import numpy as np
 from numba import njit, prange
 
 import bnref
-from bnref import _kernels
+from bnref import _core, _kernels
 from bnref._progress import Progress
 from bnref._table import render
 from bnref.dtypes import NAMES
@@ -339,7 +339,7 @@ def pass_calls(inp: dict) -> dict:
     """(pass, "bnref" | "bound") -> callable: each pass of bnref's split kernels, and the simplest
     loop with the same memory traffic (reads x, dy; writes y, dx) as its bound."""
     x, dy = inp["x"], inp["dy"]
-    prep = bnref.functional._Prepared(x, inp["axis"], training=True)
+    prep = _core.Prepared(x, inp["axis"], training=True)
     x3, dy3 = prep.x3, prep.layout.view(dy)
     a, c, b = x3.shape
     out = np.empty_like(x3)

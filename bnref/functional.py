@@ -15,141 +15,19 @@ Statistics (``mean``, ``var``) are returned and accepted in float64, the
 accumulation dtype, also for float32 data: a float32 mean of data with a large
 offset would lose the digits that ``backward`` needs to rebuild ``xhat``.
 Full-size outputs have the dtype of ``x`` and its memory layout.
+
+Empty inputs: an input with no values gives empty outputs and zero sums wherever the
+math allows (inference; training without channels). Training statistics of channels
+that hold fewer than two values are undefined: a ValueError.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from bnref import _checks, _kernels
-from bnref._layout import Layout, layout_of
+from bnref import _checks, _core, _kernels
 
 __all__ = ["forward_train", "forward_eval", "backward", "backward_eval", "double_backward",
            "update_running"]
-
-
-class _Prepared:
-    """Validated x, its channel axis, count m and canonical (A, C, B) view."""
-
-    def __init__(self, x, channel_axis, *, training: bool, name: str = "x"):
-        self.x = _checks.x_array(x, name)
-        self.axis = _checks.channel_axis(channel_axis, self.x.ndim)
-        self.channels = self.x.shape[self.axis]
-        self.count = (_checks.training_count(self.x, self.axis) if training
-                      else (self.x.size // self.channels if self.channels else 0))
-        self.layout: Layout = layout_of(self.x, self.axis)
-        self.x3 = self.layout.view(self.x)
-
-    def vector(self, name, value, *, stats: bool = False) -> np.ndarray:
-        """A (C,) argument as float64; parameters must match x's dtype, statistics may be either."""
-        return self.parameter(name, value, stats=stats).astype(np.float64, copy=False)  # kernels only read it
-
-    def parameter(self, name, value, *, stats: bool = False) -> np.ndarray:
-        """A checked (C,) argument in its own dtype, for kernels that read it into float64 math
-        themselves (the same bits, one conversion fewer per call)."""
-        return _checks.per_channel(name, value, self.channels, None if stats else self.x.dtype)
-
-    def like_x(self, name, value) -> np.ndarray:
-        return self.layout.view(_checks.same_shape(name, value, self.x))
-
-    def output(self, out, name="out"):
-        """(result, its (A, C, B) view, finish) honoring an optional ``out=`` buffer."""
-        out = _checks.out_array(name, out, self.x)
-        if out is not None and self.layout.is_view_of(out):
-            return out, self.layout.view(out), lambda: out
-        result, result3 = self.layout.empty(self.x.dtype)
-        if out is None:
-            return result, result3, lambda: result
-
-        def finish():
-            out[...] = result
-            return out
-
-        return result, result3, finish
-
-    def kernel(self, kernel):
-        return _kernels.pick(kernel, self.x.size)
-
-    def sums(self, mean, invstd, dy3, ddx3=None):
-        """(5, C) float64 rows: sum dy, sum dy*xhat, sum ddx, sum ddx*xhat, sum ddx*dy.
-
-        Without ``ddx`` (the backward) only the first two rows are computed; the rest are 0.
-        """
-        nchunks, rows = _kernels.chunking(self.x3.shape[0], self.x3.size)
-        sums = self.kernel(_kernels.channel_sums)(self.x3, mean, dy3, ddx3, rows, nchunks)
-        # the kernel sums v*(x - mean); xhat = (x - mean)*invstd, so scale once per channel
-        sums[1] *= invstd
-        if ddx3 is not None:
-            sums[3] *= invstd
-        return sums
-
-
-# per-channel formulas that the fused kernels use too, so they live with them (jitted)
-_invstd = _kernels.invstd
-_dx_coefficients = _kernels.dx_coefficients
-
-
-@njit(cache=True, nogil=True)
-def _any_negative(values):
-    for value in values:
-        if value < 0:
-            return True
-    return False
-
-
-def _nonnegative(name: str, var: np.ndarray) -> np.ndarray:
-    if _any_negative(var):  # jitted: (var < 0).any() costs a (100, 784) backward 3 us
-        raise ValueError(f"{name} must be >= 0 in every channel; got min {var.min()!r}")
-    return var
-
-
-def _local_moments(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and M2 = sum (x - mean)^2 of x in float64 (zeros when x holds no value).
-
-    Shared with :mod:`bnref.sync`, which merges these per-shard pairs across shards.
-    """
-    x3 = prep.x3
-    a, c, b = x3.shape
-    if a * b == 0:
-        return np.zeros(c), np.zeros(c)
-    shift = x3[0, :, 0].astype(np.float64)  # a sample of each channel
-    nchunks, rows = _kernels.chunking(a, x3.size, c if b == 1 else 0)
-    mean_shifted, m2 = prep.kernel(_kernels.channel_moments)(x3, shift, rows, nchunks, _kernels.block_rows(c, b))
-    return shift + mean_shifted, m2
-
-
-# The per-channel (C,) formulas below are jitted only to spare a call on a small input the
-# overhead of a dozen NumPy calls (a (100, 784) forward spent a third of its time there).
-
-@njit(cache=True, nogil=True)
-def _var_and_scale(mean, m2, count, gamma, eps):
-    """var = M2/m (biased), scale = gamma * invstd with invstd = 1/sqrt(var + eps), and whether
-    mean and var are finite in every channel."""
-    var = m2 / count
-    scale = gamma * _invstd(var, eps)
-    return var, scale, _kernels.all_finite(mean, var)
-
-
-def _moments(prep: _Prepared, gamma: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-channel biased mean and variance of x in float64, stable for large offsets, and the
-    forward's ``scale = gamma * invstd``."""
-    mean, m2 = _local_moments(prep)
-    var, scale, finite = _var_and_scale(mean, m2, float(prep.count), gamma, eps)
-    if not finite:
-        _checks.finite_stats("the batch mean or variance of x", mean + var, prep.axis)
-    return mean, var, scale
-
-
-def _dx(prep: _Prepared, dy3, gamma, mean, invstd, sum_dy, sum_dy_xhat, m: int, out=None):
-    """dx of :func:`backward` from the per-channel sums over all ``m`` values of the batch.
-
-    Shared with :mod:`bnref.sync`: there the sums and ``m`` are global, ``x`` one shard.
-    """
-    # dx = gamma*invstd*dy  -  gamma*invstd^2*sum(dy xhat)/m * (x - mean)  -  gamma*invstd*sum(dy)/m
-    k_dy, k_xmu, k_const = _dx_coefficients(gamma, invstd, sum_dy, sum_dy_xhat, float(m))
-    dx, dx3, finish = prep.output(out)
-    prep.kernel(_kernels.combine)(prep.x3, mean, k_xmu, k_const, dx3, dy3, k_dy)
-    return finish()
 
 
 def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
@@ -169,31 +47,21 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
 
     Returns:
         ``(y, mean, var)``: ``y`` like ``x``; ``mean`` and the biased ``var`` as ``(C,)`` float64.
+        Without channels (``C = 0``) they are empty.
 
     Raises:
         TypeError: non-float or mixed dtypes. ValueError: rank < 2, shape mismatch, eps <= 0
-        or non-finite, channel_axis out of range, a single value per channel, non-finite data.
+        or non-finite, channel_axis out of range, an empty batch or a single value per channel,
+        non-finite data.
     """
-    prep = _Prepared(x, channel_axis, training=True)
+    prep = _core.Prepared(x, channel_axis, training=True)
     gamma = prep.parameter("gamma", gamma)
     beta = prep.parameter("beta", beta)
     eps = _checks.eps_value(eps)
-    a, c, b = prep.x3.shape
-    width = _kernels.fused_width(a, c, b, prep.x.itemsize, _kernels.CHANNEL_GROUP)
-    if not width:
-        # the split kernels and formulas take float64 vectors (one specialization each)
-        gamma, beta = gamma.astype(np.float64, copy=False), beta.astype(np.float64, copy=False)
-        mean, var, scale = _moments(prep, gamma, eps)
-        y, y3, finish = prep.output(out)
-        prep.kernel(_kernels.combine)(prep.x3, mean, scale, beta, y3)
-        return finish(), mean, var
-    # x fits in cache a few channels at a time: statistics and normalization in one pass
-    y, y3, finish = prep.output(out)
-    mean, var, finite = prep.kernel(_kernels.forward_fused)(prep.x3, gamma, beta, eps, width,
-                                                            _kernels.block_rows(width if b == 1 else c, b), y3)
-    if not finite:
-        _checks.finite_stats("the batch mean or variance of x", mean + var, prep.axis)
-    return finish(), mean, var
+    width = _kernels.fused_width(*prep.x3.shape, prep.x.itemsize, _kernels.CHANNEL_GROUP)
+    if width:  # x fits in cache a few channels at a time
+        return _core.forward_in_one_pass(prep, gamma, beta, eps, width, out)
+    return _core.forward_in_two_passes(prep, gamma, beta, eps, out)
 
 
 def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_axis=1, *, out=None):
@@ -208,16 +76,15 @@ def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_ax
         eps, channel_axis, out: as in :func:`forward_train`.
 
     Returns:
-        ``y``, shape, dtype and layout of ``x``. Non-finite values in ``x`` propagate.
+        ``y``, shape, dtype and layout of ``x`` (empty if ``x`` is). Non-finite values in ``x`` propagate.
     """
-    prep = _Prepared(x, channel_axis, training=False)
+    prep = _core.Prepared(x, channel_axis, training=False)
     gamma = prep.vector("gamma", gamma)
     beta = prep.vector("beta", beta)
-    running_mean = prep.vector("running_mean", running_mean, stats=True)
-    running_var = _nonnegative("running_var", prep.vector("running_var", running_var, stats=True))
+    running_mean, running_var = prep.statistics("running_mean", running_mean, "running_var", running_var)
     eps = _checks.eps_value(eps)
     y, y3, finish = prep.output(out)
-    prep.kernel(_kernels.combine)(prep.x3, running_mean, gamma * _invstd(running_var, eps), beta, y3)
+    prep.kernel(_kernels.combine)(prep.x3, running_mean, gamma * _core.invstd(running_var, eps), beta, y3)
     return finish()
 
 
@@ -237,28 +104,13 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
     Returns:
         ``(dx, dgamma, dbeta)``: ``dx`` like ``x``; ``dgamma``, ``dbeta`` ``(C,)`` in x's dtype.
     """
-    prep = _Prepared(x, channel_axis, training=True)
-    dy3 = prep.like_x("dy", dy)
-    gamma = prep.parameter("gamma", gamma)
-    mean = prep.vector("mean", mean, stats=True)
-    var = _nonnegative("var", prep.vector("var", var, stats=True))
-    eps = _checks.eps_value(eps)
-    a, c, b = prep.x3.shape
-    width = _kernels.fused_width(a, c, b, 2 * prep.x.itemsize)
-    if width:  # x and dy fit in cache a few channels at a time: sums and dx in one pass
-        dx, dx3, finish = prep.output(out)
-        sums, finite = prep.kernel(_kernels.backward_fused)(prep.x3, dy3, gamma, mean, var, eps, width, dx3)
-        dx = finish()
+    prep, dy3, gamma, mean, var, eps = _core.prepare_backward(dy, x, gamma, mean, var, eps, channel_axis,
+                                                              training=True)
+    width = _kernels.fused_width(*prep.x3.shape, 2 * prep.x.itemsize)
+    if width:  # x and dy fit in cache a few channels at a time
+        dx, sum_dy, sum_dy_xhat = _core.backward_in_one_pass(prep, dy3, gamma, mean, var, eps, width, out)
     else:
-        gamma = gamma.astype(np.float64, copy=False)
-        invstd = _invstd(var, eps)
-        sums = prep.sums(mean, invstd, dy3)
-        finite = _kernels.all_finite(sums[0], sums[1])
-    sum_dy, sum_dy_xhat = sums[0], sums[1]
-    if not finite:
-        _checks.finite_stats("sum(dy) or sum(dy * xhat)", sum_dy + sum_dy_xhat, prep.axis)
-    if not width:
-        dx = _dx(prep, dy3, gamma, mean, invstd, sum_dy, sum_dy_xhat, prep.count, out)
+        dx, sum_dy, sum_dy_xhat = _core.backward_in_two_passes(prep, dy3, gamma, mean, var, eps, out)
     dtype = prep.x.dtype
     return dx, sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
 
@@ -269,14 +121,12 @@ def backward_eval(dy, x, gamma, running_mean, running_var, eps=1e-5, channel_axi
     .. math:: dx_i = \gamma\,\mathrm{invstd}_{run}\,dy_i,\quad d\gamma = \textstyle\sum_i dy_i\,\hat x_i,
         \quad d\beta = \sum_i dy_i,\quad \hat x_i = (x_i - \mu_{run})\,\mathrm{invstd}_{run}
 
-    Returns ``(dx, dgamma, dbeta)`` with the shapes of :func:`backward`.
+    Returns ``(dx, dgamma, dbeta)`` with the shapes of :func:`backward` (for an empty ``x``:
+    an empty ``dx`` and zero sums).
     """
-    prep = _Prepared(x, channel_axis, training=False)
-    dy3 = prep.like_x("dy", dy)
-    gamma = prep.vector("gamma", gamma)
-    running_mean = prep.vector("running_mean", running_mean, stats=True)
-    running_var = _nonnegative("running_var", prep.vector("running_var", running_var, stats=True))
-    invstd = _invstd(running_var, _checks.eps_value(eps))
+    prep, dy3, gamma, running_mean, running_var, eps = _core.prepare_backward(
+        dy, x, gamma, running_mean, running_var, eps, channel_axis, training=False)
+    invstd = _core.invstd(running_var, eps)
     sums = prep.sums(running_mean, invstd, dy3)
     zeros = np.zeros_like(invstd)
     dx, dx3, finish = prep.output(out)
@@ -308,16 +158,14 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     Returns:
         ``(gx, ggamma, gdy)``: ``gx`` and ``gdy`` like ``x``, ``ggamma`` ``(C,)``.
     """
-    prep = _Prepared(x, channel_axis, training=True)
-    dy3 = prep.like_x("dy", dy)
+    prep, dy3, gamma, mean, var, eps = _core.prepare_backward(dy, x, gamma, mean, var, eps, channel_axis,
+                                                              training=True)
+    gamma = gamma.astype(np.float64, copy=False)
     ddx3 = prep.like_x("ddx", np.zeros_like(prep.x) if ddx is None else ddx)
-    gamma = prep.vector("gamma", gamma)
     zeros_c = np.zeros(prep.channels, dtype=prep.x.dtype)
     ddgamma = prep.vector("ddgamma", zeros_c if ddgamma is None else ddgamma)
     ddbeta = prep.vector("ddbeta", zeros_c if ddbeta is None else ddbeta)
-    mean = prep.vector("mean", mean, stats=True)
-    var = _nonnegative("var", prep.vector("var", var, stats=True))
-    s = _invstd(var, _checks.eps_value(eps))
+    s = _core.invstd(var, eps)
     sums = prep.sums(mean, s, dy3, ddx3)
     _checks.finite_stats("the sums over dy and ddx", sums.sum(axis=0), prep.axis)
     m = prep.count
@@ -327,7 +175,7 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     # gdy = g s ddx + (ddgamma s - g s^2 Q/m) (x - mean) + (ddbeta - g s M(ddx))
     gdy, gdy3, finish_gdy = prep.output(None)
     prep.kernel(_kernels.combine)(prep.x3, mean, ddgamma * s - g * s * s * Q / m, ddbeta - g * s * mean_ddx, gdy3,
-                     ddx3, g * s)
+                                  ddx3, g * s)
     # gx, expanded in (x - mean), dy, ddx and a constant:
     c = g * s * s / m
     k_xmu = s * (c * (3 * P * Q / m - R + m * mean_dy * mean_ddx) - ddgamma * s * P / m)
@@ -365,11 +213,10 @@ def update_running(running_mean, running_var, mean, var, count, momentum=0.1, *,
         raise ValueError(f"running_mean must have shape (C,); got {running_mean.shape}")
     channels = running_mean.shape[0]
     running_var = _checks.per_channel("running_var", running_var, channels)
-    mean = _checks.per_channel("mean", mean, channels).astype(np.float64)
-    var = _nonnegative("var", _checks.per_channel("var", var, channels).astype(np.float64))
+    mean = _checks.per_channel("mean", mean, channels)
+    var = _core.nonnegative("var", _checks.per_channel("var", var, channels))
     count = _checks.count_value(count)
     momentum = _checks.momentum_value(momentum)
-    batch_var = var * (count / (count - 1)) if unbiased else var
-    new_mean = (1.0 - momentum) * running_mean + momentum * mean
-    new_var = (1.0 - momentum) * running_var + momentum * batch_var
+    new_mean, new_var = _core.running_convention(unbiased).update_running(running_mean, running_var, mean, var,
+                                                                          count, momentum)
     return new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)

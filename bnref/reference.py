@@ -7,11 +7,14 @@ the exact answer that a float32 kernel should round to.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import autograd.numpy as anp
 import numpy as np
 from autograd import make_vjp
 
 from bnref.axes import per_channel, reduce_axes
+from bnref.conventions import PYTORCH
 
 __all__ = ["forward_train", "forward_eval", "backward", "double_backward", "backward_eval",
            "update_running"]
@@ -87,8 +90,7 @@ def backward_eval(dy, x, gamma, beta, running_mean, running_var, eps=1e-5, chann
 
 
 def update_running(running_mean, running_var, mean, var, count, momentum=0.1, unbiased=True):
-    """PyTorch-convention running statistics, written out plainly (float64)."""
-    running_mean, running_var, mean, var = _f64(running_mean, running_var, mean, var)
-    correction = count / (count - 1) if unbiased else 1.0
-    return ((1 - momentum) * running_mean + momentum * mean,
-            (1 - momentum) * running_var + momentum * correction * var)
+    """PyTorch-convention running statistics (float64), by :meth:`bnref.conventions.Convention.update_running`;
+    ``unbiased=False`` moves the running variance toward the biased batch variance."""
+    convention = replace(PYTORCH, running_var="unbiased" if unbiased else "biased")
+    return convention.update_running(*_f64(running_mean, running_var, mean, var), count, momentum)

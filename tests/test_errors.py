@@ -27,7 +27,7 @@ _, MEAN, VAR = bnref.forward_train(X, G, B)
     (lambda: bnref.forward_train(X, G, B, channel_axis=-4), ValueError, r"channel_axis=-4 is out of range"),
     (lambda: bnref.forward_train(X, G, B, channel_axis=1.0), TypeError, r"channel_axis must be an int"),
     (lambda: bnref.forward_train(X[:1, :, :1], G, B), ValueError, r"more than 1 value per channel"),
-    (lambda: bnref.forward_train(X[:0], G, B), ValueError, r"more than 1 value per channel"),
+    (lambda: bnref.forward_train(X[:0], G, B), ValueError, r"the batch is empty, and training statistics need at least 2"),
     (lambda: bnref.forward_train(np.where(X > 1, np.nan, X), G, B), ValueError, r"not finite in channel"),
     (lambda: bnref.forward_train(np.where(X > 1, np.inf, X), G, B), ValueError, r"not finite in channel"),
     (lambda: bnref.forward_train(X, G, B, out=np.empty((4, 3))), ValueError, r"out must have the shape"),

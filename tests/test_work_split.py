@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bnref
-from bnref import _kernels, testing
+from bnref import _core, _kernels, testing
 
 # (shape, channel_axis); each comment says what the shape exercises
 SHAPES = [
@@ -66,7 +66,7 @@ def test_large_inputs_match_float64_numpy(shape, axis, forward_path):
     gamma, beta = 1 + 0.1 * rng.standard_normal(c), np.zeros(c)
     eps = 1e-5
     mean_ref, var_ref, y_ref, dx_ref, dgamma_ref, dbeta_ref = _reference(x, dy, gamma, eps, axis)
-    acb = bnref.functional._Prepared(x, axis, training=True).x3.shape
+    acb = _core.Prepared(x, axis, training=True).x3.shape
     assert bool(_kernels.fused_width(*acb, 2 * x.itemsize)) == (forward_path == "fused")
     y, mean, var = bnref.forward_train(x, gamma, beta, eps, axis)
     dx, dgamma, dbeta = bnref.backward(dy, x, gamma, mean, var, eps, axis)
@@ -125,7 +125,7 @@ def test_fused_forward_matches_the_split_one(shape, axis, dtype, monkeypatch):
     x = (rng.standard_normal(shape) * 2 + 1e3).astype(dtype)
     c = shape[axis]
     gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
-    assert _kernels.fused_width(*bnref.functional._Prepared(x, axis, training=True).x3.shape, x.itemsize)
+    assert _kernels.fused_width(*_core.Prepared(x, axis, training=True).x3.shape, x.itemsize)
     y, mean, var = bnref.forward_train(x, gamma, beta, 1e-5, axis)
     monkeypatch.setattr(_kernels, "fused_width", lambda *shape: 0)
     y_split, mean_split, var_split = bnref.forward_train(x, gamma, beta, 1e-5, axis)
@@ -145,7 +145,7 @@ def test_fused_backward_matches_the_split_one(shape, axis, dtype, monkeypatch):
     c = shape[axis]
     gamma = rng.standard_normal(c).astype(dtype)
     _, mean, var = bnref.forward_train(x, gamma, gamma, 1e-5, axis)
-    assert _kernels.fused_width(*bnref.functional._Prepared(x, axis, training=True).x3.shape, 2 * x.itemsize)
+    assert _kernels.fused_width(*_core.Prepared(x, axis, training=True).x3.shape, 2 * x.itemsize)
     dx, dgamma, dbeta = bnref.backward(dy, x, gamma, mean, var, 1e-5, axis)
     monkeypatch.setattr(_kernels, "fused_width", lambda *shape: 0)
     dx_split, dgamma_split, dbeta_split = bnref.backward(dy, x, gamma, mean, var, 1e-5, axis)

@@ -22,7 +22,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from bnref import _checks, _kernels
-from bnref.functional import _dx, _invstd, _local_moments, _nonnegative, _Prepared, update_running
+from bnref._core import Prepared, dx_from_sums, invstd, local_moments
+from bnref.functional import update_running
 from bnref.sync._comm import Communicator, InProcess
 from bnref.sync._reduce import merge_moments
 
@@ -39,7 +40,7 @@ class Moments(NamedTuple):
 
 
 class _Shards:
-    """This process's shards, validated: one :class:`_Prepared` each, one channel count and dtype."""
+    """This process's shards, validated: one :class:`~bnref._core.Prepared` each, one channel count and dtype."""
 
     def __init__(self, xs, channel_axis, name: str = "xs"):
         if isinstance(xs, np.ndarray) or not isinstance(xs, Sequence):
@@ -48,7 +49,7 @@ class _Shards:
         if not xs:
             raise ValueError(f"{name} must hold at least one shard; a process without data passes an "
                              f"empty one, shape (0, C, ...)")
-        self.preps = [_Prepared(x, channel_axis, training=False, name=f"{name}[{i}]") for i, x in enumerate(xs)]
+        self.preps = [Prepared(x, channel_axis, training=False, name=f"{name}[{i}]") for i, x in enumerate(xs)]
         first = self.preps[0]
         for i, prep in enumerate(self.preps[1:], 1):
             if prep.x.ndim != first.x.ndim or prep.channels != first.channels:
@@ -57,7 +58,9 @@ class _Shards:
             if prep.x.dtype != first.x.dtype:
                 raise TypeError(f"{name}[{i}] has dtype {prep.x.dtype} but {name}[0] has {first.x.dtype}")
         self.axis = first.axis
+        self.channels = first.channels
         self.vector = first.vector
+        self.statistics = first.statistics
 
     def like_x(self, name: str, values) -> list[np.ndarray]:
         """Per-shard arrays (``dys``) matching each shard, as ``(A, C, B)`` views."""
@@ -77,20 +80,28 @@ def _collectively(comm: Communicator):
     comm.agree(None)
 
 
-def _global_count(count: float, axis: int) -> int:
-    if count < 2:
-        raise ValueError(f"expected more than 1 value per channel when training; the shards hold {count:g} "
-                         f"value(s) per channel in all (channel_axis={axis}); a single shard may hold 1 or 0")
-    return int(count)
+def _summed_count(shards: _Shards, comm: Communicator) -> int:
+    """``m``, the values per channel over every shard on every process (a collective of one number)."""
+    return int(comm.allreduce_sum([np.array([float(prep.count)]) for prep in shards.preps])[0])
+
+
+def _global_count(count: np.ndarray, shards: _Shards, comm: Communicator) -> int:
+    """``m`` from the summed per-channel counts; at least 2 where there are channels to normalize."""
+    if not shards.channels:  # no channel to carry a count: nothing to normalize, m counted apart
+        return _summed_count(shards, comm)
+    if count[0] < 2:
+        raise _checks.too_few_values(count[0], f"the shards hold {count[0]:g} value(s) per channel in all "
+                                               f"(channel_axis={shards.axis}); a single shard may hold 1 or 0")
+    return int(count[0])
 
 
 def _moments(shards: _Shards, comm: Communicator) -> Moments:
     parts = []
     for prep in shards.preps:
-        mean, m2 = _local_moments(prep)
+        mean, m2 = local_moments(prep)
         parts.append(np.stack([np.full_like(mean, prep.count), mean, m2]))
     count, mean, m2 = comm.allreduce(parts, lambda p: merge_moments(p[:, 0], p[:, 1], p[:, 2]))
-    m = _global_count(count[0] if count.size else 0.0, shards.axis)
+    m = _global_count(count, shards, comm)
     var = m2 / m
     _checks.finite_stats("the batch mean or variance of the shards", mean + var, shards.axis)
     return Moments(m, mean, var)
@@ -122,8 +133,7 @@ def global_count(xs, channel_axis=1, *, comm: Communicator | None = None) -> int
     comm = InProcess() if comm is None else comm
     with _collectively(comm):
         shards = _Shards(xs, channel_axis)
-        counts = [np.array([float(prep.count)]) for prep in shards.preps]
-    return int(comm.allreduce_sum(counts)[0])
+    return _summed_count(shards, comm)
 
 
 def forward_train_sharded(xs, gamma, beta, eps=1e-5, channel_axis=1, *, comm: Communicator | None = None):
@@ -149,7 +159,7 @@ def forward_train_sharded(xs, gamma, beta, eps=1e-5, channel_axis=1, *, comm: Co
         beta = shards.vector("beta", beta)
         eps = _checks.eps_value(eps)
     _, mean, var = _moments(shards, comm)
-    scale = gamma * _invstd(var, eps)
+    scale = gamma * invstd(var, eps)
     ys = []
     for prep in shards.preps:
         y, y3, finish = prep.output(None)
@@ -178,17 +188,17 @@ def backward_sharded(dys, xs, gamma, mean, var, eps=1e-5, channel_axis=1, *, com
         shards = _Shards(xs, channel_axis)
         dy3s = shards.like_x("dys", dys)
         gamma = shards.vector("gamma", gamma)
-        mean = shards.vector("mean", mean, stats=True)
-        var = _nonnegative("var", shards.vector("var", var, stats=True))
-        invstd = _invstd(var, _checks.eps_value(eps))
+        mean, var = shards.statistics("mean", mean, "var", var)
+        channel_invstd = invstd(var, _checks.eps_value(eps))
     parts = []
     for prep, dy3 in zip(shards.preps, dy3s):
-        sums = prep.sums(mean, invstd, dy3)
+        sums = prep.sums(mean, channel_invstd, dy3)
         parts.append(np.stack([sums[0], sums[1], np.full_like(mean, prep.count)]))
     sum_dy, sum_dy_xhat, count = comm.allreduce_sum(parts)
-    m = _global_count(count[0] if count.size else 0.0, shards.axis)
+    m = _global_count(count, shards, comm)
     _checks.finite_stats("sum(dy) or sum(dy * xhat) over the shards", sum_dy + sum_dy_xhat, shards.axis)
-    dxs = [_dx(prep, dy3, gamma, mean, invstd, sum_dy, sum_dy_xhat, m) for prep, dy3 in zip(shards.preps, dy3s)]
+    dxs = [dx_from_sums(prep, dy3, gamma, mean, channel_invstd, sum_dy, sum_dy_xhat, m)
+           for prep, dy3 in zip(shards.preps, dy3s)]
     dtype = shards.preps[0].x.dtype
     return dxs, sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
 
