@@ -17,6 +17,7 @@ from bnref.strategies import bn_cases, make_case, shard_sizes
 from bnref.sync._reduce import merge_moments, sum_parts
 from bnref.sync.testing import compare_with_unsharded, cotangents, run_sharded, split
 from bnref.testing import condition_number
+from tests.mutants import MUTANTS, AsSync, CorrectBN
 
 #: acceptance (issue 7): float64 error relative to the quantity's scale, per unit of kappa
 ACCEPTANCE_FLOAT64 = 1e-12
@@ -174,37 +175,24 @@ def test_merge_moments_of_three_shards_is_the_two_pass_result():
 # --------------------------------------------------------------------------- meta-tests: broken sync BN must fail
 
 
-class _LocalCountRunning:
-    """PyTorch #22192: running variance unbiased with the local count of the first shard."""
-
-    forward_train_sharded = staticmethod(sync.forward_train_sharded)
-    backward_sharded = staticmethod(sync.backward_sharded)
-
-    @staticmethod
-    def update_running_sharded(rm, rv, mean, var, xs, momentum, channel_axis, comm=None):
-        local = xs[0].size // xs[0].shape[channel_axis]
-        return bnref.update_running(rm, rv, mean, var, local, momentum)
+#: the catalogue's sharded mutants (tests/mutants), with bnref.sync's signatures
+SYNC_MUTANTS = [m for m in MUTANTS if m.sync_breaks]
 
 
-class _AverageOfShardStatistics:
-    """A naive merge: the unweighted average of the shards' means and variances."""
-
-    backward_sharded = staticmethod(sync.backward_sharded)
-    update_running_sharded = staticmethod(sync.update_running_sharded)
-
-    @staticmethod
-    def forward_train_sharded(xs, gamma, beta, eps, channel_axis, comm=None):
-        stats = [bnref.forward_train(x, gamma, beta, eps, channel_axis)[1:] for x in xs]
-        mean, var = (np.mean(s, axis=0) for s in zip(*stats))
-        ys = [bnref.forward_eval(x, gamma, beta, mean, var, eps, channel_axis) for x in xs]
-        return ys, mean, var
+def test_the_catalogue_base_passes_the_comparison():
+    case = make_case((6, 3, 4), "float64", 1, "well", seed=5)
+    for sizes in [(2, 4), (1, 0, 5)]:
+        xs, dys = _shards(case, sizes, [False] * len(sizes))
+        _assert_ok(compare_with_unsharded(case, sizes, run_sharded(AsSync(CorrectBN), case, xs, dys)), case, sizes)
 
 
-@pytest.mark.parametrize("broken", [_LocalCountRunning, _AverageOfShardStatistics])
+@pytest.mark.parametrize("broken", SYNC_MUTANTS, ids=lambda m: m.__name__)
 def test_broken_sync_batch_norm_fails_the_comparison(broken):
     case = make_case((6, 3, 4), "float64", 1, "well", seed=5)
     sizes = (2, 4)
     xs, dys = _shards(case, sizes, [False, False])
-    failed = [c.quantity for c in compare_with_unsharded(case, sizes, run_sharded(broken, case, xs, dys))
-              if not c.ok]
-    assert failed, f"{broken.__name__} passed"
+    failed = {c.quantity for c in compare_with_unsharded(case, sizes, run_sharded(AsSync(broken), case, xs, dys))
+              if not c.ok}
+    assert set(broken.sync_breaks) <= failed, f"{broken.__name__} ({broken.__doc__.splitlines()[0]}) " \
+                                              f"got only {sorted(failed)} wrong"
+

@@ -248,8 +248,9 @@ def shift_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
     return [_self_check("y", y_shifted, y, case, _scales(case)["y"], "y(x + c) vs y(x)", kappa)]
 
 
-def scale_equivariance(ctx: Context, case: BNCase) -> list[Outcome]:
-    """BN(a x; eps a^2) = BN(x; eps) for a = 2^k (a hard-coded eps, overflow in the squares).
+def scale_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
+    """BN(a x; eps a^2) = BN(x; eps) for a = 2^k: scaling x, and eps with it, leaves y unchanged
+    (a hard-coded eps, overflow in the squares).
 
     Scaling by a power of two is exact, so a correct kernel agrees to rounding; a
     hard-coded or ignored eps does not.
@@ -473,7 +474,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("double_backward", double_backward, ("double_backward",)),
     Property("running_stats", running_stats, ("update_running",)),
     Property("shift_invariance", shift_invariance, conditions=("well", "constant", "minimal")),
-    Property("scale_equivariance", scale_equivariance),
+    Property("scale_invariance", scale_invariance),
     Property("batch_permutation", batch_permutation, ("forward_train", "backward")),
     Property("sum_dx_zero", sum_dx_zero, ("backward",)),
     Property("constant_channel", constant_channel, conditions=("constant",)),

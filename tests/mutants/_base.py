@@ -1,15 +1,30 @@
 """A plain, correct NumPy batch norm that the mutants break one piece at a time.
 
 Each hook is one step of the computation (statistics, normalization, the three
-gradient terms, running statistics) so that a mutant overrides exactly the step
-its bug lives in. Everything runs in float64 and is cast to x's dtype at the end.
+gradient terms, the statistics the shards share, the count behind the running
+variance) so that a mutant overrides exactly the step its bug lives in.
+Everything runs in float64 and is cast to x's dtype at the end; the
+running-statistics update is PyTorch's :class:`bnref.conventions.Convention`
+record and the reshaping is :mod:`bnref.axes`, so neither has a second copy here.
+
+The methods follow the oracle's candidate protocol (:mod:`bnref.oracle.protocol`);
+:mod:`tests.mutants.signatures` adapts them to bnref's own signatures.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from bnref import reference
-from bnref.testing import per_channel, reduce_axes
+from bnref import axes, reference
+from bnref.conventions import PYTORCH
+
+
+def _f64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _split_like(whole: np.ndarray, xs) -> list[np.ndarray]:
+    """``whole`` (the shards concatenated along axis 0) cut back into pieces the size of ``xs``."""
+    return np.split(whole, np.cumsum([len(x) for x in xs])[:-1])
 
 
 class CorrectBN:
@@ -17,52 +32,41 @@ class CorrectBN:
 
     name = "numpy-bn"
     dtypes = ("float32", "float64")
-    channel_axis = 1
     version = "tests.mutants"
-    #: the oracle property this implementation's bug breaks (None: no bug)
-    breaks: str | None = None
+    #: the oracle properties (names in bnref.oracle.properties.PROPERTIES) this implementation must fail
+    breaks: tuple[str, ...] = ()
+    #: the quantities of bnref.sync.testing.compare_with_unsharded its sharded methods must get wrong
+    sync_breaks: tuple[str, ...] = ()
 
-    # ----------------------------------------------------------------- layout helpers
+    def __init__(self, channel_axis: int = 1):
+        self.channel_axis = channel_axis
+
+    # ----------------------------------------------------------------- layout
     def axes(self, x):
-        return reduce_axes(x.ndim, self.channel_axis)
+        return axes.reduce_axes(x.ndim, self.channel_axis)
 
     def per_channel(self, v, x):
-        return per_channel(v, x.ndim, self.channel_axis)
+        return axes.per_channel(v, x.ndim, self.channel_axis)
 
-    def f64(self, x):
-        return np.asarray(x, dtype=np.float64)
+    def count(self, x) -> int:
+        return axes.count(x.shape, self.channel_axis)
 
     # ----------------------------------------------------------------- hooks
     def stats(self, x):
-        """Per-channel mean and biased variance, two-pass in float64, keepdims."""
-        x = self.f64(x)
-        mean = x.mean(axis=self.axes(x), keepdims=True)
-        return mean, ((x - mean) ** 2).mean(axis=self.axes(x), keepdims=True)
+        """Per-channel mean and biased variance, two-pass in float64, keepdims.
+
+        A shard without values gets 0/0 = NaN, as a replica's local moments would.
+        """
+        x, m = _f64(x), self.count(x)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = x.sum(axis=self.axes(x), keepdims=True) / m
+            return mean, ((x - mean) ** 2).sum(axis=self.axes(x), keepdims=True) / m
 
     def invstd(self, var, eps):
-        return 1.0 / np.sqrt(var + eps)
+        return PYTORCH.invstd(var, eps)
 
     def xhat(self, x, mean, var, eps):
-        return (self.f64(x) - mean) * self.invstd(var, eps)
-
-    def count(self, x):
-        return x.size // x.shape[self.channel_axis]
-
-    # ----------------------------------------------------------------- the protocol
-    def forward_train(self, x, gamma, beta, eps):
-        mean, var = self.stats(x)
-        y = self.per_channel(gamma, x) * self.xhat(x, mean, var, eps) + self.per_channel(beta, x)
-        return y.astype(x.dtype)
-
-    def backward(self, x, gamma, beta, eps, dy):
-        mean, var = self.stats(x)
-        xhat, dy64, m = self.xhat(x, mean, var, eps), self.f64(dy), self.count(x)
-        sum_dy = dy64.sum(axis=self.axes(x), keepdims=True)
-        sum_dy_xhat = (dy64 * xhat).sum(axis=self.axes(x), keepdims=True)
-        k = self.per_channel(gamma, x) * self.invstd(var, eps) / m
-        dx = k * self.dx_terms(m, dy64, sum_dy, xhat, sum_dy_xhat)
-        return dx.astype(x.dtype), self.dgamma(x, dy64, xhat).astype(x.dtype), \
-            self.dbeta(dy64, x).astype(x.dtype)
+        return (_f64(x) - mean) * self.invstd(var, eps)
 
     def dx_terms(self, m, dy, sum_dy, xhat, sum_dy_xhat):
         """m dy - sum(dy) - xhat sum(dy xhat) (times gamma invstd / m)."""
@@ -74,19 +78,57 @@ class CorrectBN:
     def dbeta(self, dy, x):
         return dy.sum(axis=self.axes(x))
 
+    def sharded_stats(self, xs):
+        """The statistics every shard normalizes with: the whole batch's."""
+        return self.stats(np.concatenate(xs))
+
+    def running_count(self, xs) -> int:
+        """m behind the running variance's m/(m-1): the values per channel of the whole batch."""
+        return sum(self.count(x) for x in xs)
+
+    # ----------------------------------------------------------------- shared by the methods
+    def normalize(self, x, gamma, beta, eps, mean, var):
+        y = self.per_channel(gamma, x) * self.xhat(x, mean, var, eps) + self.per_channel(beta, x)
+        return y.astype(x.dtype)
+
+    def gradients(self, x, dy, gamma, eps, mean, var):
+        """(dx, dgamma, dbeta) of the batch ``x`` normalized with ``mean``, ``var`` (keepdims)."""
+        xhat, dy64, m = self.xhat(x, mean, var, eps), _f64(dy), self.count(x)
+        sum_dy = dy64.sum(axis=self.axes(x), keepdims=True)
+        sum_dy_xhat = (dy64 * xhat).sum(axis=self.axes(x), keepdims=True)
+        k = self.per_channel(gamma, x) * self.invstd(var, eps) / m
+        dx = k * self.dx_terms(m, dy64, sum_dy, xhat, sum_dy_xhat)
+        return dx.astype(x.dtype), self.dgamma(x, dy64, xhat).astype(x.dtype), self.dbeta(dy64, x).astype(x.dtype)
+
+    # ----------------------------------------------------------------- the protocol
+    def forward_train(self, x, gamma, beta, eps):
+        return self.normalize(x, gamma, beta, eps, *self.stats(x))
+
+    def backward(self, x, gamma, beta, eps, dy):
+        return self.gradients(x, dy, gamma, eps, *self.stats(x))
+
     def forward_eval(self, x, gamma, beta, running_mean, running_var, eps):
-        invstd = self.per_channel(self.invstd(self.f64(running_var), eps), x)
-        xhat = (self.f64(x) - self.per_channel(self.f64(running_mean), x)) * invstd
-        return (self.per_channel(gamma, x) * xhat + self.per_channel(beta, x)).astype(x.dtype)
+        return self.normalize(x, gamma, beta, eps, self.per_channel(_f64(running_mean), x),
+                              self.per_channel(_f64(running_var), x))
 
     def update_running(self, x, running_mean, running_var, momentum):
-        mean, var = (s.reshape(-1) for s in self.stats(x))
-        m = self.count(x)
-        new_mean = (1 - momentum) * self.f64(running_mean) + momentum * mean
-        new_var = (1 - momentum) * self.f64(running_var) + momentum * var * m / (m - 1)
-        return new_mean.astype(x.dtype), new_var.astype(x.dtype)
+        return self.update_running_sharded([x], running_mean, running_var, momentum)
 
     def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
         # autograd of autograd: the base needs a correct double backward, not a second derivation
         grads = reference.double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, beta, eps, self.channel_axis)
         return tuple(np.asarray(g).astype(x.dtype) for g in grads)
+
+    def forward_train_sharded(self, xs, gamma, beta, eps):
+        return _split_like(self.normalize(np.concatenate(xs), gamma, beta, eps, *self.sharded_stats(xs)), xs)
+
+    def backward_sharded(self, xs, gamma, beta, eps, dys):
+        dx, dgamma, dbeta = self.gradients(np.concatenate(xs), np.concatenate(dys), gamma, eps,
+                                           *self.sharded_stats(xs))
+        return _split_like(dx, xs), dgamma, dbeta
+
+    def update_running_sharded(self, xs, running_mean, running_var, momentum):
+        """One running-statistics step on the batch cut into ``xs`` (not in the oracle's protocol)."""
+        mean, var = (s.reshape(-1) for s in self.sharded_stats(xs))
+        new = PYTORCH.update_running(running_mean, running_var, mean, var, self.running_count(xs), momentum)
+        return tuple(s.astype(xs[0].dtype) for s in new)
