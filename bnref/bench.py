@@ -605,8 +605,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated thread counts (default 1,{numba.config.NUMBA_NUM_THREADS})")
     parser.add_argument("--dtypes", default=None, help=f"comma-separated, default {','.join(NAMES)}")
     parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed samples per measurement (default {DEFAULT_REPEATS}: medians of 7 moved "
-                             "by 10-20 %% between runs on the 2-vCPU VMs this was tuned on); a case whose "
+                        help=f"timed samples per measurement (default {DEFAULT_REPEATS}: on a noisy 2-vCPU VM, "
+                             "medians of 7 move by 10-20 %% between runs); a case whose "
                              f"rounds are short takes more, up to {MAX_ROUNDS_FACTOR}x, so that it samples for "
                              f"about {MIN_CASE_SECONDS:g} s")
     parser.add_argument("--from-json", metavar="FILE",

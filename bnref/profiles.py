@@ -44,7 +44,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("dev", 50, purpose="the default"),
     Profile("thorough", 500, purpose="before a release"),
 )}
-#: other names accepted for a profile: ``default`` was the oracle's name for its default
+#: other names accepted for a profile (``bnref check --profile default`` reads as ``dev``)
 ALIASES: dict[str, str] = {"default": "dev"}
 #: the profile of ``bnref check`` and of the suite outside CI
 DEFAULT = "dev"

@@ -54,7 +54,7 @@ def test_peak_extra_bytes_counts_temporaries_not_outputs():
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_bnref_allocates_its_outputs_plus_O_of_C(layout):
-    """Issue 6: no full-size temporaries in forward or backward, and none at all with out=."""
+    """No full-size temporaries in forward or backward, and none at all with out=."""
     inp = _case(layout, "float32", shape=(16, 8, 32, 32))  # 512 KiB per array
     channels = 8
     # per-chunk partial sums (at most MAX_CHUNKS x 5 x C float64), a few (C,) vectors, bookkeeping

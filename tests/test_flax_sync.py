@@ -1,4 +1,4 @@
-"""The flax-sync adapter: Flax cross-replica BN under jax.pmap on 4 host CPU devices (issue 7).
+"""The flax-sync adapter: Flax cross-replica BN under jax.pmap on 4 host CPU devices.
 
 Skipped without flax. On an even split Flax's cross-replica BN is batch norm of the whole batch;
 on shards of unequal size (padding left out with Flax's ``mask``) it averages the shards' masked

@@ -1,4 +1,4 @@
-"""Data-parallel MNIST (issue 7): the pieces, in one process. The 2-process run is in tests/test_sync_mpi.py."""
+"""Data-parallel MNIST: the pieces, in one process. The 2-process run is in tests/test_sync_mpi.py."""
 from types import SimpleNamespace
 
 import numpy as np

@@ -209,3 +209,13 @@ def test_pytest_plugin_runs_the_properties(tmp_path):
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAILED ::bnref[float64-strides]" in run.stdout, run.stdout
     assert "passed" in run.stdout and "minimal example" in run.stdout
+
+
+def test_docs_list_the_catalogue():
+    """docs/oracle.md shows the mutant catalogue as it is (names, bugs, the properties each fails)."""
+    from pathlib import Path
+
+    from tests.mutants import markdown_table
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "oracle.md").read_text()
+    assert markdown_table() in page, "docs/oracle.md's mutant table differs from tests.mutants.markdown_table()"

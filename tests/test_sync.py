@@ -1,4 +1,4 @@
-"""bnref.sync: a batch split into shards normalizes like the whole batch (issue 7).
+"""bnref.sync: a batch split into shards normalizes like the whole batch.
 
 For every split of a batch into shards -- uneven, with shards of 1 and 0 samples, each in its own
 memory layout -- the sharded forward, backward and running update equal bnref.forward_train,
@@ -19,7 +19,7 @@ from bnref.sync.testing import compare_with_unsharded, cotangents, run_sharded, 
 from bnref.testing import condition_number
 from tests.mutants import MUTANTS, AsSync, CorrectBN
 
-#: acceptance (issue 7): float64 error relative to the quantity's scale, per unit of kappa
+#: accepted float64 error relative to the quantity's scale, per unit of kappa
 ACCEPTANCE_FLOAT64 = 1e-12
 
 

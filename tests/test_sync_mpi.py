@@ -1,4 +1,4 @@
-"""CI's MPI tests (issue 7), each a 2-process ``mpiexec`` run checked against a one-process run:
+"""CI's MPI tests, each a 2-process ``mpiexec`` run checked against a one-process run:
 
 * ``python -m bnref.sync.mpi_check``: the MPI backend bit-identical to the in-process one;
 * ``python -m bnref.mnist.parallel``: data-parallel training following the one-process curve.

@@ -12,7 +12,9 @@ Time limits, by where the call runs:
   returns to the interpreter or is interrupted by signals;
 * elsewhere (another thread, Windows) the call runs in a daemon thread that is abandoned
   after ``timeout`` seconds (an asynchronous :class:`CallTimeout` stops it at its next
-  Python bytecode);
+  Python bytecode; until then it runs on, and a call still blocked in one long C call can
+  disturb later Hypothesis runs in the same process, so run checks from the main thread,
+  as ``bnref check`` and the pytest plugin do);
 * a call that does not return ``2 timeout + 5`` seconds after it started is stuck in C code
   that releases the GIL: a watchdog thread calls ``on_hang`` (which prints the partial
   report) and ends the process with status 1;

@@ -115,7 +115,7 @@ class Fingerprint:
     notes: list[str] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str]]:
-        """(item, finding) pairs in the order of the issue's list."""
+        """(item, finding) pairs in the order the report prints them."""
         running_var = momentum = self.running_note
         if self.running is not None:
             divisor = {"m": "divides by m (biased)", "m-1": "divides by m - 1 (unbiased)"}

@@ -9,4 +9,17 @@ from tests.mutants.catalogue import *  # noqa: F401,F403  (the mutants, by class
 from tests.mutants.catalogue import MUTANTS
 from tests.mutants.signatures import AsBnref, AsSync
 
-__all__ = ["CorrectBN", "MUTANTS", "AsBnref", "AsSync"] + [m.__name__ for m in MUTANTS]
+__all__ = ["CorrectBN", "MUTANTS", "AsBnref", "AsSync", "markdown_table"] + [m.__name__ for m in MUTANTS]
+
+
+def markdown_table() -> str:
+    """The catalogue as the Markdown table docs/oracle.md shows (a test keeps the two equal)."""
+    from bnref._table import render
+
+    def fails(mutant):
+        found = [f"`{p}`" for p in mutant.breaks]
+        found += [f"bnref.sync's `{q}`" for q in getattr(mutant, "sync_breaks", ())]
+        return ", ".join(found)
+
+    rows = [(f"`{m.__name__}`", m.__doc__.strip().splitlines()[0], fails(m)) for m in MUTANTS]
+    return render(("mutant", "bug", "fails"), rows, style="markdown")
