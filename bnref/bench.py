@@ -58,7 +58,7 @@ import bnref
 from bnref import _core, _kernels
 from bnref._progress import Progress
 from bnref._table import render
-from bnref.dtypes import NAMES
+from bnref.dtypes import KERNEL_NAMES
 from bnref._threads import short_openmp_spin
 
 EPS = 1e-5
@@ -364,7 +364,7 @@ def pass_calls(inp: dict) -> dict:
 
 
 #: the dtype of the acceptance criteria, the per-pass view and --quick: the narrowest, where memory traffic dominates
-MAIN_DTYPE = NAMES[0]
+MAIN_DTYPE = KERNEL_NAMES[0]
 
 
 def run_passes(threads: int, repeats: int, dtype: str = MAIN_DTYPE) -> list[dict]:
@@ -603,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"a fast subset: 3 shapes, {MAIN_DTYPE}, 3 repeats")
     parser.add_argument("--threads", type=_int_list, default=None,
                         help=f"comma-separated thread counts (default 1,{numba.config.NUMBA_NUM_THREADS})")
-    parser.add_argument("--dtypes", default=None, help=f"comma-separated, default {','.join(NAMES)}")
+    parser.add_argument("--dtypes", default=None, help=f"comma-separated, default {','.join(KERNEL_NAMES)}")
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"timed samples per measurement (default {DEFAULT_REPEATS}: on a noisy 2-vCPU VM, "
                              "medians of 7 move by 10-20 %% between runs); a case whose "
@@ -629,10 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or sorted({1, max_threads})
     if max(threads) > max_threads:
         parser.error(f"--threads: Numba was started with {max_threads} threads (NUMBA_NUM_THREADS)")
-    dtypes = args.dtypes.split(",") if args.dtypes else [MAIN_DTYPE] if args.quick else list(NAMES)
+    dtypes = args.dtypes.split(",") if args.dtypes else [MAIN_DTYPE] if args.quick else list(KERNEL_NAMES)
     for dtype in dtypes:
-        if dtype not in NAMES:
-            parser.error(f"--dtypes: {dtype!r} is not one of {', '.join(NAMES)}")
+        if dtype not in KERNEL_NAMES:
+            parser.error(f"--dtypes: {dtype!r} is not one of {', '.join(KERNEL_NAMES)}")
     repeats = args.repeats or (3 if args.quick else DEFAULT_REPEATS)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     cases = [Case(shape, layout, dtype) for dtype in dtypes for shape, layout in shapes]

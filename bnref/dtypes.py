@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes  # registers bfloat16 with NumPy (the dtype JAX uses)
 import numpy as np
 
-__all__ = ["DType", "DTYPES", "NAMES", "KERNEL_DTYPES", "dtype_info", "unit_roundoff"]
+__all__ = ["DType", "DTYPES", "NAMES", "KERNEL_NAMES", "KERNEL_DTYPES", "dtype_info", "unit_roundoff"]
 
 
 @dataclass(frozen=True)
@@ -30,15 +31,19 @@ class DType:
 
 
 def _row(name: str, *, kernels: bool = True) -> DType:
-    info = np.finfo(np.dtype(name))
+    info = ml_dtypes.finfo(np.dtype(name))  # numpy.finfo does not know bfloat16
     return DType(name, np.dtype(name), float(info.eps) / 2, float(info.max), kernels)
 
 
-#: name -> format, narrowest first
-DTYPES: dict[str, DType] = {row.name: row for row in (_row("float32"), _row("float64"))}
-#: every dtype name bnref knows, narrowest first
+#: name -> format: float32 (bnref's main dtype), float64, then the half-precision formats
+DTYPES: dict[str, DType] = {row.name: row for row in (
+    _row("float32"), _row("float64"),
+    _row("float16", kernels=False), _row("bfloat16", kernels=False),
+)}
+#: every dtype name bnref knows, in the order of :data:`DTYPES`
 NAMES: tuple[str, ...] = tuple(DTYPES)
-#: the NumPy dtypes the kernels take
+#: the names of the dtypes the kernels take, and their NumPy dtypes
+KERNEL_NAMES: tuple[str, ...] = tuple(name for name, row in DTYPES.items() if row.kernels)
 KERNEL_DTYPES: tuple[np.dtype, ...] = tuple(row.numpy for row in DTYPES.values() if row.kernels)
 
 
@@ -59,5 +64,5 @@ def dtype_info(dtype) -> DType:
 
 
 def unit_roundoff(dtype) -> float:
-    """u of ``dtype``: 2^-24 for float32, 2^-53 for float64."""
+    """u of ``dtype``: 2^-24 for float32, 2^-53 for float64, 2^-11 for float16, 2^-8 for bfloat16."""
     return dtype_info(dtype).unit_roundoff

@@ -46,11 +46,12 @@ def run(seed: int = 0, stream=sys.stdout) -> bool:
         for dtype in KERNEL_DTYPES:
             case = make_case(shape, dtype, axis, condition, seed)
             results = {c.quantity: c for c in check_against_reference(bnref, case, raise_on_failure=False)}
-            failed = [f"{shape} axis {axis} {dtype} {condition}: {c}\n  replay: {replay_command(case)}"
-                      for c in results.values() if not c.ok]
+            failed = [str(c) for c in results.values() if not c.ok]
             cells = [f"{results[col].relative_error:.1e}" if col in results else "-" for col in COLUMNS]
             rows.append((shape, axis, dtype, condition, *cells, "FAIL" if failed else "pass"))
-            failures += failed
+            if failed:
+                failures.append("\n".join([f"{shape} axis {axis} {dtype} {condition}:",
+                                            *(f"  {text}" for text in failed), f"  replay: {replay_command(case)}"]))
     header = ("shape", "axis", "dtype", "condition", *COLUMNS, "result")
     print(render(header, rows, align="<><<" + ">" * len(COLUMNS) + "<"), file=stream)
     for failure in failures:

@@ -25,7 +25,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bnref.axes import Axes, batch_norm_axes, per_channel
-from bnref.dtypes import NAMES, dtype_info
+from bnref.dtypes import KERNEL_NAMES, dtype_info
 
 __all__ = ["CONDITIONS", "WIDEST_FIRST", "BNCase", "make_case", "dtypes", "channel_axes", "shapes", "epsilons",
            "conditions", "seeds", "gammas", "betas", "bn_cases", "shard_sizes"]
@@ -34,12 +34,13 @@ CONDITIONS = ("well", "offset", "tiny_spread", "eps_scale", "constant", "minimal
 #: conditions :func:`make_case` builds but :func:`bn_cases` never draws: name -> (mean, std) of every channel
 FIXED_CONDITIONS = {"offset-1e4": (1e4, 1e-2)}
 
-#: the dtypes of :data:`bnref.dtypes.NAMES`, widest first: cases shrink toward the most precise
-WIDEST_FIRST = tuple(reversed(NAMES))
+#: the dtypes the kernels take (:data:`bnref.dtypes.KERNEL_NAMES`), widest first: cases shrink toward the
+#: most precise
+WIDEST_FIRST = tuple(sorted(KERNEL_NAMES, key=lambda name: dtype_info(name).unit_roundoff))
 
 
 def dtypes(names=WIDEST_FIRST) -> st.SearchStrategy[np.dtype]:
-    """The dtypes ``names`` as ``np.dtype`` (default: every one bnref knows); shrinks toward the first.
+    """The dtypes ``names`` as ``np.dtype`` (default: every one the kernels take); shrinks toward the first.
 
     Raises:
         TypeError: a name that is not in :data:`bnref.dtypes.DTYPES`.

@@ -31,9 +31,9 @@ def test_selfcheck_replay_lines_run_as_printed(monkeypatch):
     import sys
     from pathlib import Path
 
-    from tests import broken_kernels
+    from tests.mutants import AsBnref, DxMissingMeanTerm
 
-    monkeypatch.setattr(selfcheck, "bnref", broken_kernels.DroppedSumDy())
+    monkeypatch.setattr(selfcheck, "bnref", AsBnref(DxMissingMeanTerm))
     out = io.StringIO()
     assert not selfcheck.run(stream=out)
     lines = [line.split("replay: ", 1)[1] for line in out.getvalue().splitlines() if "  replay: " in line]

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from bnref import strategies as bst
 from bnref.axes import reduce_axes
-from bnref.dtypes import KERNEL_DTYPES, NAMES
+from bnref.dtypes import KERNEL_DTYPES, KERNEL_NAMES
 from bnref.testing import condition_number
 
 
@@ -61,21 +61,21 @@ def test_case_axes_are_every_axis_but_the_channel_axis(case):
 
 
 def test_default_dtypes_are_the_table_shrinking_to_the_widest():
-    for name in NAMES:
+    for name in KERNEL_NAMES:
         assert find(bst.dtypes(), lambda d, name=name: d == np.dtype(name)) == np.dtype(name)
-    assert find(bst.dtypes(), lambda d: True).itemsize == max(np.dtype(n).itemsize for n in NAMES)
+    assert find(bst.dtypes(), lambda d: True).itemsize == max(np.dtype(n).itemsize for n in KERNEL_NAMES)
 
 
 def test_bad_arguments_are_refused_eagerly():
-    with pytest.raises(TypeError, match="float16.*float32, float64"):
-        bst.dtypes(["float16"])
+    with pytest.raises(TypeError, match="int32.*float32, float64"):
+        bst.dtypes(["int32"])
     with pytest.raises(ValueError, match="unknown conditions"):
         bst.conditions(["nope"])
     with pytest.raises(ValueError, match="unknown condition"):
         bst.make_case((2, 3), "float64", 1, "nope", 0)
 
 
-@given(data=st.data(), channels=st.integers(1, 6), dtype=st.sampled_from(NAMES))
+@given(data=st.data(), channels=st.integers(1, 6), dtype=st.sampled_from(KERNEL_NAMES))
 def test_gammas_and_betas_are_per_channel_vectors_in_range(data, channels, dtype):
     gamma = data.draw(bst.gammas(channels, dtype, min_magnitude=0.5, max_magnitude=2.0), label="gamma")
     beta = data.draw(bst.betas(channels, dtype, max_magnitude=3.0), label="beta")

@@ -9,6 +9,7 @@ import numpy as np
 import bnref
 from bnref import sync
 from bnref._threads import single_threaded
+from bnref.dtypes import KERNEL_NAMES
 
 
 def _forward_and_backward(forward_train, backward):
@@ -29,7 +30,7 @@ def _forward_and_backward(forward_train, backward):
 
 class BnrefCandidate:
     name = "bnref"
-    dtypes = ("float32", "float64")
+    dtypes = KERNEL_NAMES
     channel_axis = 1
     version = bnref.__version__
 
