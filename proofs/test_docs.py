@@ -207,6 +207,7 @@ CHECKED = [
     Displayed(r"\sigma^2 = \frac1m\sum_i x_i^2 - \mu^2", _one_pass),
     Displayed(r"\mu_{block} = K_{block}", _one_pass),
     Displayed(r"\Delta = \mu_B - \mu_A", _chan),
+    Displayed(r"\sum_i (x_i - \mu)^2 = \sum_i x_i^2 - m"),
 ]
 
 #: display blocks that state no formula the proofs read back, and why
@@ -223,6 +224,14 @@ NOT_READ = {
     r"\text{4096 values, }": "numbers, asserted by test_float32_large_batch",
     r"\sigma^2(x - K\mathbf 1)": "function notation (test_shift_leaves_variance_unchanged)",
     r"S_2 \le 16\,V": "an inequality (test_block_m2_accepts_only_bounded_cancellation)",
+    r"|y_i - y^{64}_i| \le u_h": "inequalities (test_one_rounding_of_the_float64_result)",
+    r"v = 1 + 2^{-11} + 2^{-40}": "numbers, asserted in rationals by test_rounding_through_float32_is_not_correct_rounding",
+    r"v = 1 + 2^{-8} + 2^{-40}": "numbers, asserted in rationals by test_rounding_through_float32_is_not_correct_rounding",
+    r"\text{float16: } 65504^2": "numbers and bounds, asserted by test_float64_accumulation_of_half_data_cannot_overflow",
+    r"\text{float16: } 255^2": "numbers, asserted by test_half_precision_squares_overflow",
+    r"m = 4097,\ x = (1, 0, \dots, 0)": "numbers, asserted by test_output_overflow_is_ieee_infinity",
+    r"\text{float16: } 2048 + 1": "numbers, asserted by test_half_precision_running_sum_stalls",
+    r"\sigma^2_{run} = 10^5:": "numbers, asserted by test_float32_statistics_downcast_to_float16",
 }
 
 #: batch sizes the blocks are read on (with the proofs' symbols, two sizes tell m apart)
