@@ -361,7 +361,7 @@ def scale_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
     # a x must stay finite: float16 holds 65504 at most
     biggest = float(np.max(np.abs(case.x.astype(np.float64)), initial=0.0))
     if biggest > 0:
-        k = min(k, math.floor(math.log2(dtype_info(case.x.dtype).max_finite / biggest)))
+        k = min(k, math.floor(math.log2(dtype_info(case.x.dtype).max_finite) - math.log2(biggest)))
     a = 2.0 ** k
     y = ctx.call("forward_train", *_args(ctx, case))
     y_scaled = ctx.call("forward_train", (case.x * a).astype(case.x.dtype), *ctx.params(case), case.eps * a * a)
