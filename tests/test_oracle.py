@@ -19,7 +19,9 @@ import pytest
 from bnref import testing
 from bnref.oracle import PROPERTIES, check, fingerprint, replay
 from bnref.oracle.cli import main as cli_main
+from bnref.oracle._guard import CandidateError, check_returns
 from bnref.oracle.properties import candidate_tolerance
+from bnref.oracle.protocol import HALF_DTYPES, validate
 from bnref.strategies import make_case
 from tests.mutants import MUTANTS, CorrectBN
 
@@ -37,9 +39,12 @@ def test_every_property_is_failed_by_a_mutant(prop):
     declaring = [m for m in MUTANTS if prop in m.breaks]
     assert declaring, f"no mutant in tests/mutants declares that it breaks {prop}"
     for mutant in declaring:
-        report = check(mutant(), profile="ci", properties=[prop])
+        report = check(mutant(), profile="ci", properties=[prop])  # in the dtypes the mutant declares
         failed = report.failed
         assert failed, f"{mutant.__name__} ({mutant.__doc__.splitlines()[0]}) passed {prop}:\n{report.render()}"
+        half = [d for d in mutant.dtypes if d in HALF_DTYPES]
+        assert all(report.result(prop, d).failed for d in half), f"{mutant.__name__} passed {prop} in a half " \
+                                                                   f"dtype it declares:\n{report.render()}"
         first = failed[0]
         assert first.failures, "a failure must say what was compared"
         if first.case:  # a shrunk example comes with a replay that reproduces it
@@ -95,6 +100,30 @@ def test_no_false_alarm_numpy_base():
     assert {r.property for r in report.results if r.status == "pass"} == set(PROPERTY_NAMES)
 
 
+@pytest.mark.parametrize("param_dtype", [None, "float32"])
+def test_no_false_alarm_numpy_base_in_half(param_dtype):
+    """float64 math rounded once passes every property in float16 and bfloat16, with either parameter dtype."""
+    report = check(CorrectBN(dtypes=HALF_DTYPES, param_dtype=param_dtype), profile="ci")
+    _assert_clean(report)
+    assert {r.dtype for r in report.results} == set(HALF_DTYPES)
+    rows = dict(report.fingerprint.rows())
+    assert rows["statistics accumulated in (float16)"].startswith("float32 or wider")
+    assert rows["output rounded once (float16)"].startswith("yes: all 32 probe values")
+    large = rows["float32 running_var above float16's range"]
+    assert large.startswith("finite and right") if param_dtype else large.startswith("not applicable")
+    assert report.fingerprint.running.consistent
+
+
+def test_no_false_alarm_float32_math_in_half():
+    """A candidate that computes in float32 and rounds to the half type at the end (every framework's way) passes."""
+    from tests.candidates.float32_math import Float32Math
+
+    _assert_clean(check(Float32Math(), profile="ci", properties=["forward", "backward", "forward_eval",
+                                                                  "shift_invariance", "scale_invariance"]))
+    rows = dict(fingerprint(Float32Math()).rows())
+    assert rows["output rounded once (float16)"].startswith("no: 32 of 32"), rows
+
+
 def test_no_false_alarm_bnref():
     _assert_clean(check("bnref", profile="ci"))
 
@@ -138,6 +167,75 @@ def test_fingerprint_measures_what_the_mutant_does(mutant, row, text):
 
     found = dict(fingerprint(getattr(mutants, mutant)()).rows())[row]
     assert text in found, found
+
+
+@pytest.mark.parametrize("mutant, row, text", [
+    ("HalfAccumulation", "statistics accumulated in (float16)", "the half type"),
+    ("HalfNaiveVariance", "statistics accumulated in (float16)", "unrecognized"),
+    ("ParamsDowncastToHalf", "float32 running_var above float16's range", "y = beta"),
+])
+def test_fingerprint_measures_half_precision(mutant, row, text):
+    import tests.mutants as mutants
+
+    found = dict(fingerprint(getattr(mutants, mutant)()).rows())[row]
+    assert text in found, found
+
+
+def test_half_entries_need_a_half_dtype():
+    fp = fingerprint(CorrectBN())
+    rows = dict(fp.rows())
+    assert rows["statistics accumulated in"] == rows["output rounded once"] == "no half dtype declared"
+    assert json.loads(json.dumps(fp.to_dict()))["half_dtype"] is None
+
+
+def test_ml_dtypes_rounds_float64_to_bfloat16_once():
+    """CorrectBN's bfloat16 output is correctly rounded only if float64 -> bfloat16 does not go through float32.
+
+    1 + 2^-8 + 2^-30 is above the midpoint 1 + 2^-8 of bfloat16's 1 and 1 + 2^-7, so it rounds up;
+    through float32 it first becomes the midpoint, which ties-to-even rounds down to 1.
+    """
+    import ml_dtypes
+
+    value = np.array([1 + 2.0**-8 + 2.0**-30])
+    assert value.astype(ml_dtypes.bfloat16).astype(np.float64)[0] == 1 + 2.0**-7
+    assert value.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)[0] == 1.0
+
+
+def test_param_dtype_is_validated_and_returns_checked_in_it():
+    with pytest.raises(ValueError, match="param_dtype"):
+        validate(CorrectBN(param_dtype="float64"))
+    x = np.ones((4, 2), np.float16)
+    gamma = np.ones(2, np.float32)
+    dx, dgamma, dbeta = check_returns("backward", (x, gamma, gamma), (x, gamma, gamma, 1e-5, x))
+    assert dgamma.dtype == np.float32
+    with pytest.raises(CandidateError, match=r"dgamma of dtype float16; .* \(the dtype of gamma\)"):
+        check_returns("backward", (x, gamma.astype(np.float16), gamma), (x, gamma, gamma, 1e-5, x))
+
+
+def test_half_tolerance_works_in_float32():
+    """A half candidate is held to float32 working precision: u_half once for the output, u32 for the rest."""
+    u16, u32 = 2.0**-11, 2.0**-24
+    tol = candidate_tolerance("y", np.float16, kappa=10.0, m=100)
+    assert math.isclose(tol, 2 * u16 + 16 * u32 * 10 * 10)
+    assert math.isclose(candidate_tolerance("dgamma", np.float16, kappa=1.0, m=1, out_dtype=np.float32),
+                        4 * u32 + 32 * u32)
+
+
+def test_half_cases_are_drawn():
+    from hypothesis import given, settings
+
+    from bnref.strategies import bn_cases
+
+    seen = set()
+
+    @settings(max_examples=10, database=None, deadline=None)
+    @given(bn_cases(dtypes=("float16", "bfloat16")))
+    def draw(case):
+        seen.add(case.x.dtype.name)
+        assert case.gamma.dtype == case.x.dtype
+
+    draw()
+    assert seen <= set(HALF_DTYPES) and seen
 
 
 def test_fingerprint_of_the_correct_base():

@@ -65,22 +65,30 @@ class CallTimeout(BaseException):
 
 @dataclass(frozen=True)
 class Output:
-    """One returned array: shaped like argument ``like`` (per shard when ``per_shard``), dtype of x."""
+    """One returned array, shaped like argument ``like`` (per shard when ``per_shard``).
+
+    Its dtype is x's, or for an output of the parameters (``param``: the name of the
+    argument it mirrors) that argument's: float32 for a half-precision candidate with
+    ``param_dtype = "float32"``, which the oracle calls with float32 parameters.
+    """
 
     name: str
     like: int
     per_shard: bool = False
+    param: str | None = None
 
 
 #: what each protocol method returns: a bare array (one Output) or a tuple (several)
 RETURNS: dict[str, tuple[Output, ...]] = {
     "forward_train": (Output("y", 0),),
     "forward_eval": (Output("y", 0),),
-    "backward": (Output("dx", 0), Output("dgamma", 1), Output("dbeta", 1)),
-    "update_running": (Output("running_mean", 1), Output("running_var", 2)),
-    "double_backward": (Output("gx", 0), Output("ggamma", 1), Output("gdy", 4)),
+    "backward": (Output("dx", 0), Output("dgamma", 1, param="gamma"), Output("dbeta", 1, param="gamma")),
+    "update_running": (Output("running_mean", 1, param="running_mean"),
+                       Output("running_var", 2, param="running_var")),
+    "double_backward": (Output("gx", 0), Output("ggamma", 1, param="gamma"), Output("gdy", 4)),
     "forward_train_sharded": (Output("ys", 0, per_shard=True),),
-    "backward_sharded": (Output("dxs", 0, per_shard=True), Output("dgamma", 1), Output("dbeta", 1)),
+    "backward_sharded": (Output("dxs", 0, per_shard=True), Output("dgamma", 1, param="gamma"),
+                         Output("dbeta", 1, param="gamma")),
 }
 
 
@@ -106,7 +114,7 @@ def _what(value) -> str:
     return f"a {type(value).__module__}.{type(value).__qualname__}"
 
 
-def _array(method: str, name: str, value, shape: tuple, dtype: np.dtype) -> np.ndarray:
+def _array(method: str, name: str, value, shape: tuple, dtype: np.dtype, whose: str = "x") -> np.ndarray:
     expected = f"expected an array of shape {shape} and dtype {dtype}"
     if value is None or isinstance(value, (numbers.Number, np.generic, tuple, list, str, bytes, dict)):
         raise CandidateError(f"{method} returned {name} as {_what(value)}; {expected}")
@@ -120,22 +128,26 @@ def _array(method: str, name: str, value, shape: tuple, dtype: np.dtype) -> np.n
     if array.shape != shape:
         raise CandidateError(f"{method} returned {name} of shape {array.shape}; {expected}")
     if array.dtype != dtype:
-        raise CandidateError(f"{method} returned {name} of dtype {array.dtype}; {expected} (the dtype of x)")
+        raise CandidateError(f"{method} returned {name} of dtype {array.dtype}; {expected} (the dtype of {whose})")
     return array
 
 
 def check_returns(method: str, value, args: tuple):
     """``value`` as NumPy arrays if it is what ``method`` promises (:data:`RETURNS`), else CandidateError.
 
-    The dtype is x's (the first argument's); each shape is that of the argument the output
-    mirrors. A single output is a bare array; several are a tuple (or list) of that length;
-    a per-shard output is a list with one array per shard.
+    Each shape is that of the argument the output mirrors; the dtype is x's (the first
+    argument's), or for a parameter output that of the parameter it mirrors. A single output
+    is a bare array; several are a tuple (or list) of that length; a per-shard output is a
+    list with one array per shard.
     """
     outputs = RETURNS[method]
     first = args[0][0] if outputs[0].per_shard else args[0]
     dtype = np.asarray(first).dtype
 
     def one(output: Output, v):
+        if output.param:
+            like = np.asarray(args[output.like])
+            return _array(method, output.name, v, like.shape, like.dtype, whose=output.param)
         if not output.per_shard:
             return _array(method, output.name, v, np.shape(args[output.like]), dtype)
         shards = args[output.like]

@@ -17,6 +17,23 @@ inputs whose answer under each convention is known in closed form:
 * **A single value per channel** in training: an error, NaN, or a value.
 * **float32 on offset data**: the worst relative error of ``y`` on data with
   mean up to 1e4 and std down to 1e-2, next to ``u32 * kappa``.
+
+In a half dtype the candidate declares (float16 first), with its ``param_dtype``:
+
+* **Statistics accumulated in**: one channel of 4096 values of mean 4 and std 0.5.
+  A float16 or bfloat16 running sum stalls once its ulp is twice the values
+  (8192 in float16), and even a pairwise half sum loses ``u_half log2(m)`` of a
+  mean that is eight standard deviations from 0; a float32 sum keeps ``y`` within
+  an ulp of the exact result. The error of ``y`` is reported next to a sequential
+  half sum's.
+* **Output rounded once**: eight calls whose exact ``y`` lie ``2^-40`` beside a
+  midpoint of the half grid (``x = [v, -v, v, -v]``, eps chosen so that
+  ``gamma v / sqrt(v^2 + eps)`` is an odd number of half-ulps plus ``2^-40``). The
+  exact result rounded once is known; a value that went through float32 (or the
+  half type) lands on the midpoint, and ties-to-even picks the wrong neighbour.
+* **Running variance above float16's range**: ``forward_eval`` on float16 data with
+  float32 parameters and ``running_var = 1e5`` (float16's largest value is 65504):
+  finite and right, zero (a float16 copy of the variance is inf), or inf/NaN.
 """
 from __future__ import annotations
 
@@ -28,6 +45,7 @@ import numpy as np
 from bnref import reference
 from bnref.conventions import Convention
 from bnref.oracle._guard import CandidateError, Guard
+from bnref.oracle.protocol import half_dtypes_of, param_dtype_of
 from bnref.testing import condition_number, unit_roundoff
 
 __all__ = ["Fingerprint", "RunningConvention", "fingerprint", "PROBE_MOMENTUM"]
@@ -40,6 +58,18 @@ RUNNING_PROBE = (1.0, 5.0, 1.0, 5.0)
 RUNNING_VARIANCE = {"m": "biased", "m-1": "unbiased"}
 #: (mean, std) of the float32 offset probes; kappa = |mean| / std up to 1e6
 OFFSET_PROBES = ((1e2, 1.0), (1e3, 1.0), (1e4, 1.0), (1e3, 1e-2), (1e4, 1e-2))
+#: (values, mean, std) of the half accumulation probe's one channel
+ACCUMULATION_PROBE = (4096, 4.0, 0.5)
+#: calls of the rounded-once probe (two values each) and how far the exact y lies from a half midpoint
+ROUNDING_CALLS, ROUNDING_OFFSET = 8, 2.0 ** -40
+#: the float32 running variance of the range probe: above float16's largest value (65504)
+RANGE_PROBE_VAR = 1e5
+NO_HALF = "no half dtype declared"
+
+
+def _rtol(dtype) -> float:
+    """How far a probe result may sit from its hypothesis: 1e-3, or 16 ulps of a half type's rounding."""
+    return max(1e-3, 16 * unit_roundoff(dtype))
 
 
 def _column(values, dtype, channels: int = 1) -> np.ndarray:
@@ -71,12 +101,13 @@ class RunningConvention:
     var_divisor: str | None    # "m" / "m-1" / None
     batch_mean: float = 3.0    # the probe batch's mean
     batch_var: float = 4.0     # ... and its biased variance
+    rtol: float = 1e-3         # how close to a hypothesis counts (wider for half running statistics)
 
     @property
     def consistent(self) -> bool:
         return (self.direction_mean is not None and self.direction_mean == self.direction_var
                 and self.var_divisor is not None
-                and abs(self.stat_mean - self.batch_mean) <= 1e-3 * abs(self.batch_mean))
+                and abs(self.stat_mean - self.batch_mean) <= self.rtol * abs(self.batch_mean))
 
     def convention(self) -> Convention | None:
         """The running-statistics convention measured (momentum form, running variance); None if inconsistent.
@@ -112,6 +143,13 @@ class Fingerprint:
     single_value: str = "unmeasured"
     float32_offset: dict | None = None
     float32_offset_note: str = "float32 not supported"
+    #: the half dtype the half entries were measured in (None: the candidate declares none)
+    half_dtype: str | None = None
+    accumulation: str = NO_HALF
+    rounding: str = NO_HALF
+    large_running_var: str = NO_HALF
+    #: the numbers behind the half entries, for the JSON report
+    half_raw: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str]]:
@@ -127,9 +165,12 @@ class Fingerprint:
             o = self.float32_offset
             f32 = (f"worst relative error of y {o['error']:.3g} at mean {o['mean']:g}, std {o['std']:g} "
                    f"(kappa {o['kappa']:.3g}; u32*kappa = {o['u32_kappa']:.3g})")
+        half = f" ({self.half_dtype})" if self.half_dtype else ""
         return [("eps", self.eps), ("normalizing variance", self.normalize), ("running variance", running_var),
                 ("momentum", momentum), ("single value per channel (training)", self.single_value),
-                ("float32, offset data", f32)]
+                ("float32, offset data", f32), (f"statistics accumulated in{half}", self.accumulation),
+                (f"output rounded once{half}", self.rounding),
+                ("float32 running_var above float16's range", self.large_running_var)]
 
     def to_dict(self) -> dict:
         out = {k.replace(" ", "_"): v for k, v in self.rows()}
@@ -137,12 +178,14 @@ class Fingerprint:
         if self.running is not None:
             out["running_raw"] = {k: getattr(self.running, k) for k in self.running.__dataclass_fields__}
         out["float32_offset_raw"] = self.float32_offset
+        out["half_dtype"] = self.half_dtype
+        out["half_raw"] = self.half_raw
         return out
 
 
-def _probe_eps(call, dtype, fp: Fingerprint) -> None:
+def _probe_eps(call, dtype, fp: Fingerprint, param=None) -> None:
     x = _column([-1.0, 1.0, -1.0, 1.0], dtype)
-    ones, zeros = np.ones(1, dtype), np.zeros(1, dtype)
+    ones, zeros = np.ones(1, param or dtype), np.zeros(1, param or dtype)
     try:
         y = call("forward_train", x, ones, zeros, PROBE_EPS).astype(np.float64)
     except CandidateError as exc:  # reported, not raised: the fingerprint describes what happens
@@ -154,7 +197,7 @@ def _probe_eps(call, dtype, fp: Fingerprint) -> None:
         hypotheses[("inside", divisor)] = 1 / math.sqrt(v + PROBE_EPS)
         hypotheses[("outside", divisor)] = 1 / (math.sqrt(v) + PROBE_EPS)
         hypotheses[("ignored", divisor)] = 1 / math.sqrt(v)
-    found = _closest(value, hypotheses, rtol=1e-3)
+    found = _closest(value, hypotheses, rtol=_rtol(dtype))
     if found is None:
         fp.eps = fp.normalize = f"unrecognized: |y| = {value:.6g} for x = [-1, 1, -1, 1], eps = {PROBE_EPS}"
         return
@@ -166,14 +209,16 @@ def _probe_eps(call, dtype, fp: Fingerprint) -> None:
                     "m-1": "divides by m - 1 (unbiased), unlike the paper"}[divisor]
 
 
-def _probe_running(call, dtype, fp: Fingerprint) -> None:
+def _probe_running(call, dtype, fp: Fingerprint, param=None) -> None:
+    param = np.dtype(dtype if param is None else param)
+    rtol = _rtol(param)
     x = _column(RUNNING_PROBE, dtype)
     count = len(RUNNING_PROBE)
     batch_mean, batch_var = float(np.mean(RUNNING_PROBE)), float(np.var(RUNNING_PROBE))
     # none of 1/sqrt(var), sqrt(var) or 1 is close to the batch's mean and variances
     olds = (1.0, 5.0)
     try:
-        news = [call("update_running", x, np.full(1, r, dtype), np.full(1, r, dtype), PROBE_MOMENTUM) for r in olds]
+        news = [call("update_running", x, np.full(1, r, param), np.full(1, r, param), PROBE_MOMENTUM) for r in olds]
     except CandidateError as exc:
         fp.running_note = f"probe failed: {exc}"
         return
@@ -186,16 +231,16 @@ def _probe_running(call, dtype, fp: Fingerprint) -> None:
         return w, stat
 
     (w_mean, s_mean), (w_var, s_var) = solve(0), solve(1)
-    direction = lambda w: _closest(w, {"new": PROBE_MOMENTUM, "old": 1 - PROBE_MOMENTUM}, 1e-3)  # noqa: E731
-    divisor = (_closest(s_var, {"m": batch_var, "m-1": batch_var * count / (count - 1)}, 1e-3)
+    direction = lambda w: _closest(w, {"new": PROBE_MOMENTUM, "old": 1 - PROBE_MOMENTUM}, rtol)  # noqa: E731
+    divisor = (_closest(s_var, {"m": batch_var, "m-1": batch_var * count / (count - 1)}, rtol)
                if math.isfinite(s_var) else None)
     fp.running = RunningConvention(PROBE_MOMENTUM, w_mean, w_var, s_mean, s_var, count, direction(w_mean),
-                                   direction(w_var), divisor, batch_mean, batch_var)
+                                   direction(w_var), divisor, batch_mean, batch_var, rtol)
 
 
-def _probe_single_value(call, dtype, fp: Fingerprint) -> None:
+def _probe_single_value(call, dtype, fp: Fingerprint, param=None) -> None:
     x = np.array([[0.5, -2.0, 7.0]], dtype=dtype)  # (1, 3): m = 1 in either layout
-    gamma, beta = np.full(3, 1.5, dtype), np.array([0.25, -1.0, 2.0], dtype)
+    gamma, beta = np.full(3, 1.5, param or dtype), np.array([0.25, -1.0, 2.0], param or dtype)
     try:
         y = call("forward_train", x, gamma, beta, 1e-5).astype(np.float64)
     except CandidateError as exc:
@@ -234,6 +279,130 @@ def _probe_float32_offset(call, candidate, fp: Fingerprint) -> None:
     fp.float32_offset = worst
 
 
+def _probe_half(call, candidate, fp: Fingerprint) -> None:
+    halves = half_dtypes_of(candidate)
+    if not halves:
+        return
+    fp.half_dtype = "float16" if "float16" in halves else halves[0]
+    half, param = np.dtype(fp.half_dtype), param_dtype_of(candidate, fp.half_dtype)
+    _probe_accumulation(call, half, param, fp)
+    _probe_rounding(call, half, param, fp)
+    if not callable(getattr(candidate, "forward_eval", None)):
+        fp.large_running_var = "not provided (forward_eval)"
+    elif "float16" not in halves or param_dtype_of(candidate, "float16") != np.float32:
+        fp.large_running_var = "not applicable: needs float16 with float32 parameters (param_dtype = \"float32\")"
+    else:
+        _probe_large_running_var(call, fp)
+
+
+def _ulps(actual, expected, dtype) -> np.ndarray:
+    """|actual - expected| in units of the spacing of ``dtype`` at ``expected`` (NaN/inf: inf)."""
+    expected = np.asarray(expected, np.float64)
+    spacing = np.ldexp(2 * unit_roundoff(dtype), np.frexp(np.abs(expected))[1] - 1)  # 2u times 2^floor(log2|e|)
+    err = np.abs(np.asarray(actual, np.float64) - expected) / spacing
+    return np.where(np.isfinite(err), err, np.inf)
+
+
+def _probe_accumulation(call, half, param, fp: Fingerprint) -> None:
+    m, mean, std = ACCUMULATION_PROBE
+    x = (mean + std * np.random.default_rng(4321).standard_normal((m, 1))).astype(half)
+    gamma, beta = np.ones(1, param), np.zeros(1, param)
+    try:
+        y = call("forward_train", x, gamma, beta, 1e-5).astype(np.float64)
+    except CandidateError as exc:
+        fp.accumulation = f"probe failed: {exc}"
+        return
+    y_ref = reference.forward_train(x, gamma, beta, 1e-5, 1)[0]
+    # the hypothesis of a half computation: a running sum in the half type for the mean and the variance
+    running = lambda v: np.add.accumulate(v.astype(half).reshape(-1))[-1].astype(np.float64)  # noqa: E731
+    mean_half = np.float64(np.asarray(running(x) / m).astype(half))
+    var_half = running((x.astype(np.float64) - mean_half) ** 2) / m
+    y_half = (x.astype(np.float64) - mean_half) / np.sqrt(var_half + 1e-5)
+    scale = float(np.max(np.abs(y_ref)))
+    error = float(np.max(np.abs(y - y_ref))) / scale if np.all(np.isfinite(y)) else math.inf
+    half_error = float(np.max(np.abs(y_half - y_ref))) / scale
+    ulps = float(np.max(_ulps(y, y_ref, half)))
+    fp.half_raw["accumulation"] = {"values": m, "mean": mean, "std": std, "error": error, "ulps": ulps,
+                                   "half_running_sum_error": half_error}
+    where = f"{m} values of mean {mean:g}, std {std:g}"
+    if ulps <= 1.0:
+        fp.accumulation = f"float32 or wider: y within {ulps:.2g} ulp of the exact result ({where})"
+    elif error >= 0.1 * half_error:
+        fp.accumulation = (f"the half type: relative error of y {error:.3g} ({where}; a {half.name} running sum "
+                           f"gives {half_error:.3g}, float32 under one ulp)")
+    else:
+        fp.accumulation = (f"unrecognized: y off by {ulps:.3g} ulp, relative error {error:.3g} ({where}; a "
+                           f"{half.name} running sum gives {half_error:.3g}, float32 under one ulp)")
+
+
+def _rounding_probes(half, rng):
+    """(v, gamma, beta, eps) with y = beta +- gamma v / sqrt(v^2 + eps) ROUNDING_OFFSET beside half midpoints.
+
+    beta is an even step of the half grid in [1.3, 1.7] and gamma xhat an even number of steps and a
+    half, plus the offset outward; so both values stay in [1, 2), and a value rounded to float32 first
+    is a tie that ties-to-even resolves inward: the wrong neighbour.
+    """
+    step = 2 * unit_roundoff(half)     # the half grid's spacing in [1, 2)
+    for _ in range(ROUNDING_CALLS):
+        v = float(np.asarray(rng.uniform(0.5, 1.0)).astype(half))
+        gamma = float(np.asarray(rng.uniform(1.0, 2.0)).astype(half))
+        steps = 2 * int(rng.integers(int(0.025 / step), int(0.125 / step)))
+        beta = 2 * int(rng.integers(int(0.65 / step), int(0.85 / step))) * step
+        g = (steps + 0.5) * step + ROUNDING_OFFSET
+        yield v, gamma, beta, (gamma * v / g) ** 2 - v * v
+
+
+def _probe_rounding(call, half, param, fp: Fingerprint) -> None:
+    rng = np.random.default_rng(2718)
+    wrong, total, worst = 0, 0, 0.0
+    for v, gamma, beta, eps in _rounding_probes(half, rng):
+        x = _column([v, -v, v, -v], half)
+        g, b = np.full(1, gamma, param), np.full(1, beta, param)
+        try:
+            y = call("forward_train", x, g, b, eps)
+        except CandidateError as exc:
+            fp.rounding = f"probe failed: {exc}"
+            return
+        once = reference.forward_train(x, g, b, eps, 1)[0].astype(half)
+        ulps = _ulps(y, once.astype(np.float64), half)
+        wrong += int(np.count_nonzero(ulps > 0))
+        total += ulps.size
+        worst = max(worst, float(np.max(ulps)))
+    fp.half_raw["rounding"] = {"values": total, "not_rounded_once": wrong, "worst_ulps": worst}
+    if wrong == 0:
+        fp.rounding = f"yes: all {total} probe values are the exact result rounded once"
+    elif worst <= 1:
+        fp.rounding = (f"no: {wrong} of {total} probe values one ulp from the exact result rounded once (rounded "
+                       f"through float32 or the half type first)")
+    else:
+        fp.rounding = f"no: {wrong} of {total} probe values differ from the exact result rounded once, by up to " \
+                      f"{worst:.3g} ulp"
+
+
+def _probe_large_running_var(call, fp: Fingerprint) -> None:
+    rng = np.random.default_rng(99)
+    x = (math.sqrt(RANGE_PROBE_VAR) * rng.standard_normal((8, 2))).astype(np.float16)
+    gamma, beta = np.ones(2, np.float32), np.array([0.0, 0.5], np.float32)
+    mean, var = np.zeros(2, np.float32), np.full(2, RANGE_PROBE_VAR, np.float32)
+    try:
+        y = call("forward_eval", x, gamma, beta, mean, var, 1e-5).astype(np.float64)
+    except CandidateError as exc:
+        fp.large_running_var = f"probe failed: {exc}"
+        return
+    y_ref = reference.forward_eval(x, gamma, beta, mean, var, 1e-5, 1)
+    error = float(np.max(np.abs(y - y_ref))) / float(np.max(np.abs(y_ref))) if np.all(np.isfinite(y)) else math.inf
+    fp.half_raw["large_running_var"] = {"running_var": RANGE_PROBE_VAR, "error": error}
+    at = f"running_var = {RANGE_PROBE_VAR:g}"
+    if not np.all(np.isfinite(y)):
+        fp.large_running_var = f"inf/NaN output at {at}"
+    elif np.array_equal(y, np.broadcast_to(beta.astype(np.float64), y.shape)):
+        fp.large_running_var = f"y = beta at {at}: the variance became inf (cast to float16)"
+    elif error <= 16 * unit_roundoff(np.float16):
+        fp.large_running_var = f"finite and right at {at} (relative error {error:.2g})"
+    else:
+        fp.large_running_var = f"wrong at {at}: relative error {error:.3g}"
+
+
 def fingerprint(candidate, dtype: str | None = None, *, guard: Guard | None = None) -> Fingerprint:
     """Probe ``candidate`` (in float64 when it supports it) and return its :class:`Fingerprint`.
 
@@ -249,10 +418,12 @@ def fingerprint(candidate, dtype: str | None = None, *, guard: Guard | None = No
     def call(method, *args):
         return guard.call(candidate, method, *args)
 
+    param = param_dtype_of(candidate, dtype)
     with np.errstate(all="ignore"):  # a candidate's NaN or inf is a finding, reported in the entry
-        _probe_eps(call, dtype, fp)
+        _probe_eps(call, dtype, fp, param)
         if callable(getattr(candidate, "update_running", None)):
-            _probe_running(call, dtype, fp)
-        _probe_single_value(call, dtype, fp)
+            _probe_running(call, dtype, fp, param)
+        _probe_single_value(call, dtype, fp, param)
         _probe_float32_offset(call, candidate, fp)
+        _probe_half(call, candidate, fp)
     return fp

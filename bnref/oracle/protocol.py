@@ -3,7 +3,8 @@
 A candidate is any Python object with NumPy arrays in and out. ``x`` is laid out
 with its channels on ``candidate.channel_axis`` (1 = channels-first, -1 =
 channels-last); ``gamma``, ``beta``, ``running_mean`` and ``running_var`` are
-``(C,)``. Every array argument has the dtype of ``x``.
+``(C,)``. Every array argument has the dtype of ``x``, except the parameters of a
+half-precision candidate that declares ``param_dtype = "float32"`` (below).
 
 Required::
 
@@ -23,6 +24,15 @@ Optional (the report says "not provided" where absent)::
     max_shards: int                  # most shards the sharded methods take (default 4)
     version: str                     # printed in the report header
     ranks: tuple[int, ...]           # the ranks of x it accepts (default 2..5)
+    param_dtype: str | None          # None (default): parameters in x's dtype; "float32": see below
+
+``param_dtype`` says in which dtype a half-precision candidate (x in float16 or
+bfloat16) takes and returns its parameters: ``None`` (or absent) -- in x's dtype;
+``"float32"`` -- gamma, beta, running_mean and running_var are float32 and so are
+dgamma, dbeta (of ``backward`` and ``backward_sharded``), ggamma and the new running
+statistics, PyTorch's mixed-precision convention (``module.half()`` on the input only).
+x, y, dx, dy, gx and gdy keep x's dtype; for float32 and float64 x every array has
+x's dtype whatever ``param_dtype`` says.
 
 ``update_running`` performs one training step and returns the new running
 statistics in the candidate's own convention (momentum on the new or the old
@@ -40,15 +50,19 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from bnref.dtypes import NAMES
+from bnref.dtypes import NAMES, unit_roundoff
 
-__all__ = ["Candidate", "OPTIONAL_METHODS", "REQUIRED_METHODS", "provides", "validate", "version_of",
-           "ranks_of"]
+__all__ = ["Candidate", "OPTIONAL_METHODS", "REQUIRED_METHODS", "PARAM_DTYPES", "HALF_DTYPES", "provides",
+           "validate", "version_of", "ranks_of", "param_dtype_of", "half_dtypes_of"]
 
 REQUIRED_METHODS = ("forward_train", "backward")
 OPTIONAL_METHODS = ("forward_eval", "update_running", "double_backward", "forward_train_sharded",
                     "backward_sharded")
 DEFAULT_RANKS = (2, 3, 4, 5)
+#: the values ``candidate.param_dtype`` may take (None: the parameters have x's dtype)
+PARAM_DTYPES = (None, "float32")
+#: the dtypes bnref knows whose precision is below float32's: there ``param_dtype`` applies
+HALF_DTYPES = tuple(name for name in NAMES if unit_roundoff(name) > unit_roundoff("float32"))
 
 
 @runtime_checkable
@@ -80,6 +94,22 @@ def ranks_of(candidate) -> tuple[int, ...]:
     return tuple(getattr(candidate, "ranks", None) or DEFAULT_RANKS)
 
 
+def param_dtype_of(candidate, dtype) -> np.dtype:
+    """The dtype of the parameters and running statistics ``candidate`` takes for x of ``dtype``.
+
+    float32 for a half ``dtype`` when the candidate declares ``param_dtype = "float32"``,
+    else ``dtype`` itself.
+    """
+    dtype = np.dtype(dtype)
+    declared = getattr(candidate, "param_dtype", None)
+    return np.dtype(declared) if declared is not None and dtype.name in HALF_DTYPES else dtype
+
+
+def half_dtypes_of(candidate) -> tuple[str, ...]:
+    """The half-precision dtypes (float16, bfloat16) among those the candidate declares."""
+    return tuple(d for d in candidate.dtypes if d in HALF_DTYPES)
+
+
 def validate(candidate) -> None:
     """Raise TypeError/ValueError naming what is missing or malformed in ``candidate``."""
     missing = [attr for attr in ("name", "dtypes", "channel_axis") if not hasattr(candidate, attr)]
@@ -93,5 +123,8 @@ def validate(candidate) -> None:
     if bad or not candidate.dtypes:
         raise ValueError(f"candidate.dtypes must be a non-empty subset of {NAMES!r}; "
                          f"got {tuple(candidate.dtypes)!r}")
+    if getattr(candidate, "param_dtype", None) not in PARAM_DTYPES:
+        raise ValueError(f"candidate.param_dtype must be one of {PARAM_DTYPES!r} (None: the dtype of x); "
+                         f"got {candidate.param_dtype!r}")
     if any(r < 2 for r in ranks_of(candidate)):
         raise ValueError(f"candidate.ranks must be >= 2; got {ranks_of(candidate)!r}")

@@ -3,7 +3,11 @@
 Each hook is one step of the computation (statistics, normalization, the three
 gradient terms, the statistics the shards share, the count behind the running
 variance) so that a mutant overrides exactly the step its bug lives in.
-Everything runs in float64 and is cast to x's dtype at the end; the
+Everything runs in float64 and is rounded once at the end, to x's dtype (the
+parameters' dtype for dgamma, dbeta and the running statistics: float32 for a half
+candidate with ``param_dtype = "float32"``), so the output is the exact result
+correctly rounded -- in bfloat16 too: ml_dtypes rounds float64 to bfloat16 directly,
+not through float32 (tests/test_oracle.py checks it on a value where the two differ). The
 running-statistics update is PyTorch's :class:`bnref.conventions.Convention`
 record and the reshaping is :mod:`bnref.axes`, so neither has a second copy here.
 
@@ -31,15 +35,23 @@ class CorrectBN:
     """PyTorch-convention batch norm in NumPy: passes every property of the oracle."""
 
     name = "numpy-bn"
-    dtypes = ("float32", "float64")
+    dtypes: tuple[str, ...] = ("float32", "float64")
+    #: None: parameters in x's dtype; "float32": float32 parameters for half x (bnref.oracle.protocol)
+    param_dtype: str | None = None
     version = "tests.mutants"
     #: the oracle properties (names in bnref.oracle.properties.PROPERTIES) this implementation must fail
     breaks: tuple[str, ...] = ()
     #: the quantities of bnref.sync.testing.compare_with_unsharded its sharded methods must get wrong
     sync_breaks: tuple[str, ...] = ()
 
-    def __init__(self, channel_axis: int = 1):
+    def __init__(self, channel_axis: int = 1, *, dtypes: tuple[str, ...] | None = None,
+                 param_dtype: str | None = None):
+        """``dtypes``, ``param_dtype``: override the class's declaration (the correct base in the half types)."""
         self.channel_axis = channel_axis
+        if dtypes is not None:
+            self.dtypes = tuple(dtypes)
+        if param_dtype is not None:
+            self.param_dtype = param_dtype
 
     # ----------------------------------------------------------------- layout
     def axes(self, x):
@@ -98,7 +110,8 @@ class CorrectBN:
         sum_dy_xhat = (dy64 * xhat).sum(axis=self.axes(x), keepdims=True)
         k = self.per_channel(gamma, x) * self.invstd(var, eps) / m
         dx = k * self.dx_terms(m, dy64, sum_dy, xhat, sum_dy_xhat)
-        return dx.astype(x.dtype), self.dgamma(x, dy64, xhat).astype(x.dtype), self.dbeta(dy64, x).astype(x.dtype)
+        return (dx.astype(x.dtype), self.dgamma(x, dy64, xhat).astype(gamma.dtype),
+                self.dbeta(dy64, x).astype(gamma.dtype))
 
     # ----------------------------------------------------------------- the protocol
     def forward_train(self, x, gamma, beta, eps):
@@ -117,7 +130,7 @@ class CorrectBN:
     def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
         # autograd of autograd: the base needs a correct double backward, not a second derivation
         grads = reference.double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, beta, eps, self.channel_axis)
-        return tuple(np.asarray(g).astype(x.dtype) for g in grads)
+        return tuple(np.asarray(g).astype(like.dtype) for g, like in zip(grads, (x, gamma, dy)))
 
     def forward_train_sharded(self, xs, gamma, beta, eps):
         return _split_like(self.normalize(np.concatenate(xs), gamma, beta, eps, *self.sharded_stats(xs)), xs)
@@ -131,4 +144,4 @@ class CorrectBN:
         """One running-statistics step on the batch cut into ``xs`` (not in the oracle's protocol)."""
         mean, var = (s.reshape(-1) for s in self.sharded_stats(xs))
         new = PYTORCH.update_running(running_mean, running_var, mean, var, self.running_count(xs), momentum)
-        return tuple(s.astype(xs[0].dtype) for s in new)
+        return new[0].astype(np.asarray(running_mean).dtype), new[1].astype(np.asarray(running_var).dtype)

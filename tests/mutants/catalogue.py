@@ -2,7 +2,9 @@
 
 ``breaks`` names the oracle properties (bnref.oracle.properties.PROPERTIES) each one must fail;
 ``sync_breaks`` the quantities of bnref.sync.testing.compare_with_unsharded its sharded methods
-must get wrong. The first line of a docstring names the bug class.
+must get wrong. The first line of a docstring names the bug class. The half-precision mutants
+declare the half dtypes they take (``dtypes``), and fail in each of them; the others are
+checked in float32 and float64.
 """
 from __future__ import annotations
 
@@ -373,8 +375,145 @@ class LocalCountRunning(CorrectBN):
         return self.count(xs[0])
 
 
+# ----------------------------------------------------------------------------- half precision
+
+HALF = ("float16", "bfloat16")
+
+
+def _running_sum(values, axes, dtype) -> np.ndarray:
+    """The sum over ``axes`` accumulated one value at a time in ``dtype``, rounded at every step (keepdims)."""
+    moved = np.moveaxis(np.asarray(values).astype(dtype), axes, tuple(range(len(axes))))
+    flat = moved.reshape((-1,) + moved.shape[len(axes):])
+    total = np.add.accumulate(flat, axis=0, dtype=dtype)[-1] if len(flat) else np.zeros(flat.shape[1:], dtype)
+    return np.expand_dims(total.astype(np.float64), axes)
+
+
+class HalfAccumulation(CorrectBN):
+    """Statistics accumulated in the half type: a float16/bfloat16 running sum stalls once its ulp outgrows the values.
+
+    TensorFlow's moments computes them in float32 for this reason ("the dynamic range of fp16 is
+    too limited", https://github.com/tensorflow/tensorflow/issues/8535); a kernel that sums in
+    its storage type loses u_half * m of the mean.
+    """
+
+    name = "half-accumulation"
+    dtypes = HALF
+    breaks = ("forward",)
+
+    def stats(self, x):
+        axes, m = self.axes(x), self.count(x)
+        mean = (_running_sum(x, axes, x.dtype) / m).astype(x.dtype).astype(np.float64)
+        return mean, _running_sum((np.asarray(x, np.float64) - mean) ** 2, axes, x.dtype) / m
+
+
+class HalfNaiveVariance(CorrectBN):
+    """One-pass variance E[x^2] - E[x]^2 with both moments rounded to the half type before the subtraction.
+
+    The sums are float32, but E[x^2] in float16 overflows above 65504 (|x| > 256) and cancels
+    to u_half * kappa^2 of the variance below it: wrong, negative or infinite variances on
+    offset data.
+    """
+
+    name = "half-naive-variance"
+    dtypes = HALF
+    breaks = ("forward", "shift_invariance")
+
+    def stats(self, x):
+        x32, axes = np.asarray(x, np.float32), self.axes(x)
+        mean = x32.mean(axis=axes, keepdims=True).astype(x.dtype)
+        square = (x32 * x32).mean(axis=axes, keepdims=True).astype(x.dtype)
+        with np.errstate(all="ignore"):
+            var = (square - mean * mean).astype(x.dtype)
+        return mean.astype(np.float64), np.maximum(var.astype(np.float64), 0.0)
+
+
+class ParamsDowncastToHalf(CorrectBN):
+    """float32 parameters and running statistics cast down to float16: a running variance above 65504 becomes inf.
+
+    The output of eval is then beta whatever x is, and gamma, beta lose their low bits
+    (https://github.com/apple/coreai-torch/pull/54).
+    """
+
+    name = "params-downcast-to-half"
+    dtypes = ("float16",)
+    param_dtype = "float32"
+    breaks = ("forward_eval_large_var",)
+
+    def forward_eval(self, x, gamma, beta, running_mean, running_var, eps):
+        with np.errstate(over="ignore"):
+            down = [np.asarray(p).astype(x.dtype) for p in (gamma, beta, running_mean, running_var)]
+        return super().forward_eval(x, down[0], down[1], down[2], down[3], eps)
+
+
+class RunningStatsInBfloat16(CorrectBN):
+    """Running statistics kept in bfloat16 although they are float32 buffers: small updates never move them.
+
+    new = old + momentum (batch - old) rounded to bfloat16's 8 bits: an update below half an ulp
+    of the running value (2^-9 of it) is lost, so a running variance near its limit stops
+    converging.
+    """
+
+    name = "running-stats-in-bfloat16"
+    dtypes = HALF
+    param_dtype = "float32"
+    breaks = ("running_stats",)
+
+    def update_running(self, x, running_mean, running_var, momentum):
+        import ml_dtypes
+
+        kept = [np.asarray(r).astype(ml_dtypes.bfloat16) for r in (running_mean, running_var)]
+        new = super().update_running(x, kept[0].astype(np.float64), kept[1].astype(np.float64), momentum)
+        return tuple(n.astype(ml_dtypes.bfloat16).astype(np.asarray(r).dtype)
+                     for n, r in zip(new, (running_mean, running_var)))
+
+
+class HalfBackward(CorrectBN):
+    """dx, dgamma and dbeta computed entirely in the half type from statistics stored in it.
+
+    The forward is right; the backward kernel reads the saved mean and 1/std in float16/bfloat16
+    and forms xhat, the products and both sums in it (no float32 opmath): x - mean loses
+    u_half * kappa, which dgamma = sum(dy xhat) and dx carry. (In bfloat16 a spread above one ulp
+    keeps kappa small enough that the drawn cases stay within bfloat16's own rounding.)
+    """
+
+    name = "half-backward"
+    dtypes = ("float16",)
+    breaks = ("backward",)
+
+    def gradients(self, x, dy, gamma, eps, mean, var):
+        h = x.dtype
+        mean_h, invstd_h = np.asarray(mean).astype(h), np.asarray(self.invstd(var, eps)).astype(h)
+        xhat = (np.asarray(x) - mean_h) * invstd_h
+        dy_h, axes, m = np.asarray(dy).astype(h), self.axes(x), self.count(x)
+        sum_dy = _running_sum(dy_h, axes, h).astype(h)
+        sum_dy_xhat = _running_sum(dy_h * xhat, axes, h).astype(h)
+        k = (self.per_channel(np.asarray(gamma).astype(h), x) * invstd_h / h.type(m)).astype(h)
+        dx = k * (h.type(m) * dy_h - sum_dy - xhat * sum_dy_xhat)
+        return (dx.astype(h), sum_dy_xhat.reshape(-1).astype(gamma.dtype), sum_dy.reshape(-1).astype(gamma.dtype))
+
+
+class EpsFlushedInHalf(CorrectBN):
+    """eps held in float16, where 1e-5 is subnormal, and flushed to zero as hardware without subnormals does.
+
+    Every eps below float16's smallest normal value (6.1e-5) -- PyTorch's and Flax's default 1e-5
+    among them -- becomes 0: a constant channel divides 0 by 0 (NaN), and a variance near eps is
+    normalized as if there were no eps.
+    """
+
+    name = "eps-flushed-in-half"
+    dtypes = ("float16",)
+    breaks = ("forward", "constant_channel")
+
+    def invstd(self, var, eps):
+        half = np.float16(eps)
+        flushed = 0.0 if abs(half) < np.finfo(np.float16).smallest_normal else float(half)
+        with np.errstate(divide="ignore"):
+            return super().invstd(var, flushed)
+
+
 MUTANTS = (NaiveVariance, NormalizeUnbiased, StatsOverWrongAxes, ChannelsLastStats, GhostBatchStats,
            EpsOutsideSqrt, HardcodedEps, NanOnConstantChannel, DxMissingMeanTerm, DxMissingVarianceTerm,
            HalfVarianceTerm, DgammaWithX, DbetaMean, DoubleBackwardMissingTerm, EvalUsesBatchStats,
            EvalMissingEps, InconsistentMomentum, MomentumDropped, RunningVarStoresInvstd, MutatesInput,
-           IgnoresStrides, AverageOfShardStatistics, ShardUnbiasedVariance, LocalCountRunning)
+           IgnoresStrides, AverageOfShardStatistics, ShardUnbiasedVariance, LocalCountRunning, HalfAccumulation,
+           HalfNaiveVariance, ParamsDowncastToHalf, RunningStatsInBfloat16, HalfBackward, EpsFlushedInHalf)
