@@ -39,6 +39,11 @@ class DType:
     parameters: tuple[str, ...] = ()
     #: the dtypes running (or batch) statistics may have with ``x`` of this dtype
     statistics: tuple[str, ...] = ("float32", "float64")
+    #: whether results in this dtype are held to ONE rounding of the exact value where
+    #: :data:`bnref.testing.TOLERANCES` gives a count for it (``once``): with a unit roundoff
+    #: far above float64's, the float64 arithmetic before the rounding is exact in comparison,
+    #: so a second rounding (float64 -> float32 -> half) or a truncation shows
+    rounded_once: bool = False
 
     @property
     def fraction_bits(self) -> int:
@@ -50,7 +55,7 @@ def _row(name: str, *, kernels: bool = True, native: bool = True, parameters: tu
     info = ml_dtypes.finfo(np.dtype(name))  # numpy.finfo does not know bfloat16
     statistics = ("float32", "float64") if native else (name, "float32", "float64")
     return DType(name, np.dtype(name), float(info.eps) / 2, float(info.max), float(info.smallest_subnormal),
-                 kernels, native, (name, *parameters), statistics)
+                 kernels, native, (name, *parameters), statistics, rounded_once=not native)
 
 
 #: name -> format: float32 (bnref's main dtype), float64, then the half-precision formats
