@@ -12,7 +12,7 @@ Notation, per channel ``c`` over the ``m`` values that share it (every axis but
     y_i = \gamma\,\hat x_i + \beta .
 
 Statistics (``mean``, ``var``) are returned and accepted in float64, the
-accumulation dtype, also for float32 data: a float32 mean of data with a large
+accumulation dtype, also for float32 and half-precision data: a float32 mean of data with a large
 offset would lose the digits that ``backward`` needs to rebuild ``xhat``.
 Full-size outputs have the dtype of ``x`` and its memory layout.
 
@@ -38,8 +38,11 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
 
     Args:
         x: ``(N, C, *spatial)`` with ``channel_axis=1`` or ``(N, *spatial, C)`` with
-            ``channel_axis=-1``; any rank >= 2, float32 or float64, any strides.
-        gamma, beta: ``(C,)``, the dtype of ``x``.
+            ``channel_axis=-1``; any rank >= 2, float32, float64, float16 or bfloat16
+            (``ml_dtypes.bfloat16``), any strides. Half-precision data is widened exactly, and ``y``
+            is the float64 result rounded once to x's dtype (nearest, ties to even).
+        gamma, beta: ``(C,)``, the dtype of ``x``; for float16 or bfloat16 ``x`` also float32
+            (half activations with float32 parameters, as PyTorch's mixed precision).
         eps: > 0, added to the variance inside the square root.
         channel_axis: the feature axis (1 = PyTorch, -1 = Flax/Keras).
         out: optional buffer for ``y`` (shape and dtype of ``x``), reused instead of allocating
@@ -50,7 +53,8 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
         Without channels (``C = 0``) they are empty.
 
     Raises:
-        TypeError: non-float or mixed dtypes. ValueError: rank < 2, shape mismatch, eps <= 0
+        TypeError: non-float dtypes, or parameters in a dtype the table of :mod:`bnref.dtypes` does not
+        allow with x's (the message names the allowed ones). ValueError: rank < 2, shape mismatch, eps <= 0
         or non-finite, channel_axis out of range, an empty batch or a single value per channel,
         non-finite data.
     """
@@ -71,8 +75,8 @@ def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_ax
 
     Args:
         x: any rank >= 2 (see :func:`forward_train`); any number of values per channel.
-        gamma, beta: ``(C,)``, the dtype of ``x``.
-        running_mean, running_var: ``(C,)`` float32 or float64; ``running_var >= 0``.
+        gamma, beta: ``(C,)``, as in :func:`forward_train`.
+        running_mean, running_var: ``(C,)`` float32 or float64 (or x's dtype, if half); ``running_var >= 0``.
         eps, channel_axis, out: as in :func:`forward_train`.
 
     Returns:
@@ -154,7 +158,7 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
         dy, x, gamma, mean, var, eps, channel_axis: as given to :func:`backward`.
 
     Returns:
-        ``(gx, ggamma, gdy)``: ``gx`` and ``gdy`` like ``x``, ``ggamma`` ``(C,)``.
+        ``(gx, ggamma, gdy)``: ``gx`` and ``gdy`` like ``x``, ``ggamma`` ``(C,)`` in gamma's dtype.
     """
     prep, dy3, gamma, mean, var, eps = _core.prepare_backward(dy, x, gamma, mean, var, eps, channel_axis,
                                                               training=True)
@@ -198,13 +202,13 @@ def update_running(running_mean, running_var, mean, var, count, momentum=0.1, *,
     is ``momentum=0.01`` here) and store the biased variance: pass ``unbiased=False``.
 
     Args:
-        running_mean, running_var: ``(C,)`` float32 or float64 (not modified).
+        running_mean, running_var: ``(C,)`` of any dtype bnref takes (not modified).
         mean, var: ``(C,)`` batch statistics from :func:`forward_train` (``var`` biased).
         count: ``m``, the number of values per channel in the batch (>= 2).
         momentum: in [0, 1]. unbiased: apply ``m/(m-1)`` to the variance (default, as PyTorch).
 
     Returns:
-        ``(new_mean, new_var)`` in the dtype of ``running_mean`` / ``running_var``.
+        ``(new_mean, new_var)`` in the dtype of ``running_mean`` / ``running_var`` (rounded once).
     """
     running_mean = _checks.as_float_array("running_mean", running_mean)
     if running_mean.ndim != 1:
