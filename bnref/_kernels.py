@@ -47,6 +47,7 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from bnref._half import half_bits, half_value, widen_bits
 from bnref._nontemporal import LINE, fence, line_nt
 
 #: a statistics block holds about this many values of one channel (channels-first) or of one
@@ -113,14 +114,16 @@ def _prange_only() -> dict:
                 setitem=False, numpy=False, stencil=False, fusion=False)
 
 
-def _kernel(*, reassoc: bool = False):
+def _kernel(*, reassoc: bool = False, contract: bool = False):
     """Compile a kernel with ``parallel=True`` and attach ``.serial``, its single-threaded twin.
 
     Both run the same loops over the same fixed chunks; :func:`pick` chooses by size only,
-    never by thread count. ``reassoc`` allows reordering sums (see the module docstring).
-    The twin gets its own qualified name so that Numba's on-disk cache keeps both.
+    never by thread count. ``reassoc`` allows reordering sums, ``contract`` fusing multiply-adds
+    (see the module docstring). The twin gets its own qualified name so that Numba's on-disk
+    cache keeps both.
     """
-    options = dict(cache=True, nogil=True, fastmath={"reassoc"} if reassoc else False)
+    flags = {name for name, on in (("reassoc", reassoc), ("contract", contract)) if on}
+    options = dict(cache=True, nogil=True, fastmath=flags or False)
 
     def wrap(py):
         twin = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial", py.__defaults__,
@@ -871,3 +874,52 @@ def backward_fused(x, dy, gamma, mean, var, eps, width, out):
             k_dy[c], k_xmu[c], k_const[c] = dx_coefficients(gamma[c], channel_invstd[c], sums[0, c], sums[1, c], m)
         _combine_channels(x, mean, k_xmu, k_const, out, dy, k_dy, c0, c1)
     return sums, all_finite(sums[0], sums[1])
+
+
+# The half formats (float16, bfloat16) reach the kernels as uint16 bit patterns (bnref._half).
+# Their reductions run on a float32 copy (:func:`widen`, exact) through the kernels above, and
+# their elementwise pass is :func:`combine_half`: the float64 value of :func:`combine`, rounded
+# once to the format. The fused kernels and the non-temporal stores do not take them.
+
+
+@_kernel()
+def widen(bits, fraction_bits, out):
+    """``out`` (float32, any shape) = the values of the half patterns ``bits`` (uint16, its shape),
+    exactly; both C-contiguous."""
+    n = bits.size
+    flat, wide = bits.reshape(n), out.reshape(n)
+    block = max(COMBINE_BLOCK_ELEMENTS, -(-n // COMBINE_MIN_BLOCKS))
+    for i in prange(-(-n // block)):
+        lo = i * block
+        hi = min(n, lo + block)
+        widen_bits(flat[lo:hi], fraction_bits, wide[lo:hi])  # slices from 0: the loop vectorizes
+
+
+@_kernel(contract=True)
+def combine_half(x, mean, k_x, k_0, out, u, k_u, v, k_v, fraction_bits):
+    """:func:`combine` for half patterns (uint16 ``x``, ``out``, ``u``, ``v`` of the format with
+    ``fraction_bits``): each output is the float64 value rounded once (:func:`bnref._half.half_bits`)."""
+    A, C, B = x.shape
+    items = A * C
+    block = max(1, min(COMBINE_BLOCK_ELEMENTS // max(1, B), -(-items // COMBINE_MIN_BLOCKS)))
+    for i in prange(-(-items // block)):
+        lo, hi = _block_from_end(i, block, items)
+        for ac in range(lo, hi):
+            a = ac // C
+            c = ac - a * C
+            kx, k0 = k_x[c], k_0[c]
+            ku = 0.0 if k_u is None else k_u[c]
+            kv = 0.0 if k_v is None else k_v[c]
+            mean_c = mean[c]
+            # the loop body written out here: behind a helper taking the arrays (as :func:`combine`'s
+            # :func:`_combine_value`) it was not inlined, and ran 10x slower
+            xr, orow = x[a, c], out[a, c]
+            ur = xr if u is None else u[a, c]
+            vr = xr if v is None else v[a, c]
+            for b in range(B):
+                value = kx * (half_value(xr[b], fraction_bits) - mean_c)
+                if u is not None:
+                    value += ku * half_value(ur[b], fraction_bits)
+                if v is not None:
+                    value += kv * half_value(vr[b], fraction_bits)
+                orow[b] = half_bits(value + k0, fraction_bits)
