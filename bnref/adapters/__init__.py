@@ -14,6 +14,7 @@ ADAPTERS: dict[str, str] = {
     "bnref": "bnref.adapters._bnref:BnrefCandidate",
     "torch": "bnref.adapters._torch:TorchCandidate",
     "torch-channels-last": "bnref.adapters._torch:TorchChannelsLastCandidate",
+    "torch-mixed": "bnref.adapters._torch:TorchMixedCandidate",
     "flax": "bnref.adapters._flax:FlaxCandidate",
     "flax-two-pass": "bnref.adapters._flax:FlaxTwoPassCandidate",
     "flax-sync": "bnref.adapters._flax_sync:FlaxSyncCandidate",
