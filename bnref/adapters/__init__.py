@@ -17,8 +17,10 @@ ADAPTERS: dict[str, str] = {
     "torch-mixed": "bnref.adapters._torch:TorchMixedCandidate",
     "flax": "bnref.adapters._flax:FlaxCandidate",
     "flax-two-pass": "bnref.adapters._flax:FlaxTwoPassCandidate",
+    "flax-bf16": "bnref.adapters._flax:FlaxBf16Candidate",
     "flax-sync": "bnref.adapters._flax_sync:FlaxSyncCandidate",
     "keras": "bnref.adapters._keras:KerasCandidate",
+    "keras-mixed-bf16": "bnref.adapters._keras:KerasMixedBf16Candidate",
     "seed": "bnref.adapters._seed:SeedCandidate",
 }
 
