@@ -65,3 +65,14 @@ def test_flax_fast_variance_double_backward_on_a_constant_channel():
     assert repro.worst_gdy_error(*configs["bfloat16 x, float32 params, fast variance"]) > 0.5
     assert repro.worst_gdy_error(*configs["float32, two-pass"]) < 1e-5
     assert repro.worst_gdy_error(*configs["bfloat16 x, float32 params, two-pass"]) < 2 * 2.0 ** -8
+
+
+def test_torch_half_parameters_backward_uses_the_rounded_mean(torch):
+    """float16 parameters: dx follows the rounded-mean model, 100 times the exact dx (near 0 for m = 2);
+    float32 parameters: the exact dx."""
+    dx = load("torch_half_rounded_mean").dx_results()
+    u = 2.0 ** -11
+    scale = float(np.max(np.abs(dx["rounded mean"])))
+    assert scale > 1.0 and float(np.max(np.abs(dx["exact"]))) < scale / 100
+    np.testing.assert_allclose(dx["same dtype"], dx["rounded mean"], atol=8 * u * scale)
+    np.testing.assert_allclose(dx["float32 parameters"], dx["exact"], atol=8 * u * scale)

@@ -10,7 +10,9 @@ around that rounded mean, var' = mean((x - half(mean))^2) (float16, and bfloat16
 contiguous 3D+ layout, keep the exact variance). The error in x - mean is up to u |mean|
 (u = 2^-11 for float16, 2^-8 for bfloat16), i.e. u * kappa in units of the std: what an all-half
 computation of x - mean loses as well. With float32 parameters (PyTorch's mixed precision, as
-under autocast) the statistics stay float32 and y is the exact result rounded once.
+under autocast) the statistics stay float32 and y is the exact result rounded once. The
+backward uses the same rounded mean: for two values per channel, where the exact dx is near 0, it
+returns dx of size gamma * invstd * |dy|.
 """
 import numpy as np
 import torch
@@ -53,6 +55,31 @@ def results(dtype, layout="2d"):
     }
 
 
+def dx_results(dtype=torch.float16, seed=1):
+    """dx (float64) for parameters in x's dtype and in float32, the exact dx and the rounded-mean model,
+    for the 2D case of ``dtype`` and a random dy exact in ``dtype``.
+
+    dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat)): the backward uses the same xhat as the forward.
+    """
+    x64 = CASES[dtype]
+    dy = torch.from_numpy(np.random.default_rng(seed).standard_normal(x64.shape)).to(dtype)
+    d = dy.double().numpy()
+    mean, var = x64.mean(axis=0), x64.var(axis=0)
+    invstd = 1 / np.sqrt(var + EPS)
+
+    def dx_of(xhat):
+        return invstd * (d - d.mean(axis=0) - xhat * (d * xhat).mean(axis=0))
+
+    def torch_dx(param_dtype):
+        x = torch.from_numpy(x64).to(dtype).requires_grad_()
+        (dx,) = torch.autograd.grad(batch_norm(x, param_dtype), x, dy)
+        return dx.double().numpy()
+
+    rounded = torch.from_numpy(mean).to(dtype).double().numpy()
+    return {"same dtype": torch_dx(dtype), "float32 parameters": torch_dx(torch.float32),
+            "exact": dx_of((x64 - mean) * invstd), "rounded mean": dx_of((x64 - rounded) * invstd)}
+
+
 def main():
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}; eps = {EPS}")
@@ -61,6 +88,9 @@ def main():
             print(f"x = {x.ravel().tolist()} ({dtype}, {layout})")
             for name, y in results(dtype, layout).items():
                 print(f"  {name:28} y = {np.round(y, 4).tolist()}")
+    print("dx for the float16 case, dy random")
+    for name, dx in dx_results().items():
+        print(f"  {name:28} dx = {np.round(dx.ravel(), 4).tolist()}")
 
 
 if __name__ == "__main__":
