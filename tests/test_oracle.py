@@ -131,7 +131,7 @@ def test_no_false_alarm_bnref():
 def test_no_false_alarm_torch():
     """float64 must pass everything; float32 too, with the tolerance of a float32 computation."""
     pytest.importorskip("torch")
-    report = check("torch", profile="ci")
+    report = check("torch", dtypes=["float32", "float64"], profile="ci")
     _assert_clean(report)
     assert report.fingerprint.float32_offset["error"] < 0.1
     rows = dict(report.fingerprint.rows())

@@ -14,10 +14,13 @@ ADAPTERS: dict[str, str] = {
     "bnref": "bnref.adapters._bnref:BnrefCandidate",
     "torch": "bnref.adapters._torch:TorchCandidate",
     "torch-channels-last": "bnref.adapters._torch:TorchChannelsLastCandidate",
+    "torch-mixed": "bnref.adapters._torch:TorchMixedCandidate",
     "flax": "bnref.adapters._flax:FlaxCandidate",
     "flax-two-pass": "bnref.adapters._flax:FlaxTwoPassCandidate",
+    "flax-bf16": "bnref.adapters._flax:FlaxBf16Candidate",
     "flax-sync": "bnref.adapters._flax_sync:FlaxSyncCandidate",
     "keras": "bnref.adapters._keras:KerasCandidate",
+    "keras-mixed-bf16": "bnref.adapters._keras:KerasMixedBf16Candidate",
     "seed": "bnref.adapters._seed:SeedCandidate",
 }
 

@@ -1,7 +1,10 @@
 """Shared gradient plumbing for the JAX-based adapters (Flax, Keras on JAX).
 
 A subclass sets ``self._jax``/``self._jnp`` and defines ``_y(x, gamma, beta, eps)``,
-the training-mode forward as a JAX function; this mixin derives ``forward_train``,
+the training-mode forward as a JAX function, and may declare ``param_dtype`` (the
+protocol's: None for parameters in x's dtype, "float32" for float32 parameters with
+half x); whatever dtype the parameters arrive in, they are cast to it, so that the
+gradients with respect to them come back in it; this mixin derives ``forward_train``,
 ``backward`` (``jax.vjp``) and ``double_backward`` (``jax.grad`` of the VJP pairing).
 Each is jitted once with eps as a traced argument: XLA compiles once per shape and
 dtype (op-by-op dispatch would compile every primitive for every new shape, several
@@ -21,6 +24,8 @@ def enable_x64():
 
 
 class JaxVjpMixin:
+    param_dtype = None
+
     def _jit(self, name, fn):
         cache = self.__dict__.setdefault("_jitted", {})
         if name not in cache:
@@ -30,11 +35,19 @@ class JaxVjpMixin:
     def _arrays(self, *arrays):
         return [self._jnp.asarray(np.array(a)) for a in arrays]
 
+    def _params(self, x, *arrays):
+        """Per-channel arrays (parameters, running statistics) in the parameter dtype for ``x``."""
+        dtype = self.param_dtype or x.dtype
+        return [self._jnp.asarray(np.array(a), dtype=dtype) for a in arrays]
+
     def _eps(self, eps, x):
-        return self._jnp.asarray(eps, dtype=x.dtype)
+        # the frameworks take eps as a Python float, which joins their float32 (or float64)
+        # arithmetic: rounding it to a half x's dtype would change it
+        return self._jnp.asarray(eps, dtype=self._jnp.promote_types(x.dtype, self._jnp.float32))
 
     def forward_train(self, x, gamma, beta, eps):
-        x, gamma, beta = self._arrays(x, gamma, beta)
+        x, = self._arrays(x)
+        gamma, beta = self._params(x, gamma, beta)
         return np.array(self._jit("forward", self._y)(x, gamma, beta, self._eps(eps, x)))
 
     def _backward(self, x, gamma, beta, eps, dy):
@@ -42,7 +55,8 @@ class JaxVjpMixin:
         return vjp(dy)
 
     def backward(self, x, gamma, beta, eps, dy):
-        x, gamma, beta, dy = self._arrays(x, gamma, beta, dy)
+        x, dy = self._arrays(x, dy)
+        gamma, beta = self._params(x, gamma, beta)
         grads = self._jit("backward", self._backward)(x, gamma, beta, self._eps(eps, x), dy)
         return tuple(np.array(g) for g in grads)
 
@@ -55,7 +69,8 @@ class JaxVjpMixin:
         return self._jax.grad(pairing, argnums=(0, 1, 2))(x, gamma, dy)
 
     def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
-        x, gamma, beta, dy, ddx, ddgamma, ddbeta = self._arrays(x, gamma, beta, dy, ddx, ddgamma, ddbeta)
+        x, dy, ddx = self._arrays(x, dy, ddx)
+        gamma, beta, ddgamma, ddbeta = self._params(x, gamma, beta, ddgamma, ddbeta)
         grads = self._jit("double_backward", self._double_backward)(x, gamma, beta, self._eps(eps, x), dy, ddx,
                                                                     ddgamma, ddbeta)
         return tuple(np.array(g) for g in grads)

@@ -2,6 +2,10 @@
 
 ``KERAS_BACKEND`` must be ``jax`` before Keras is first imported; the adapter
 sets it when Keras is not imported yet and refuses another backend.
+
+``keras-mixed-bf16`` builds the layer under the ``mixed_bfloat16`` dtype policy: float32
+variables (gamma, beta, moving statistics), bfloat16 compute dtype and output. Keras'
+``BatchNormalization`` computes in float32 for half inputs and casts y back.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ class KerasCandidate(JaxVjpMixin):
     name = "keras"
     dtypes = ("float32", "float64")
     channel_axis = -1
+    #: the layer's dtype policy for x's dtype: None = the dtype's own name
+    dtype_policy = None
 
     def __init__(self):
         os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -34,7 +40,8 @@ class KerasCandidate(JaxVjpMixin):
         """A built layer per (shape, dtype, momentum); eps is set per call (it may be a JAX tracer)."""
         key = (shape, str(dtype), momentum)
         if key not in self._layers:
-            layer = self._keras.layers.BatchNormalization(axis=-1, momentum=momentum, dtype=str(dtype))
+            layer = self._keras.layers.BatchNormalization(axis=-1, momentum=momentum,
+                                                          dtype=self.dtype_policy or str(dtype))
             layer.build(shape)
             self._layers[key] = layer
         return self._layers[key]
@@ -43,9 +50,9 @@ class KerasCandidate(JaxVjpMixin):
         """(y, (new_mean, new_var)) with gamma/beta as trainable and the stats as non-trainable state."""
         layer = self._layer(tuple(x.shape), x.dtype, momentum)
         layer.epsilon = eps
-        channels = x.shape[-1]
+        channels, param_dtype = x.shape[-1], self.param_dtype or x.dtype
         if stats is None:
-            stats = (self._jnp.zeros(channels, x.dtype), self._jnp.ones(channels, x.dtype))
+            stats = (self._jnp.zeros(channels, param_dtype), self._jnp.ones(channels, param_dtype))
         trainable = {"gamma": gamma, "beta": beta}
         ordered = [trainable[v.name] for v in layer.trainable_variables]
         non_trainable = {"moving_mean": stats[0], "moving_variance": stats[1]}
@@ -58,12 +65,23 @@ class KerasCandidate(JaxVjpMixin):
         return self._call(x, gamma, beta, eps, training=True)[0]
 
     def forward_eval(self, x, gamma, beta, running_mean, running_var, eps):
-        x, gamma, beta, rm, rv = self._arrays(x, gamma, beta, running_mean, running_var)
+        x, = self._arrays(x)
+        gamma, beta, rm, rv = self._params(x, gamma, beta, running_mean, running_var)
         return np.array(self._call(x, gamma, beta, eps, training=False, stats=(rm, rv))[0])
 
     def update_running(self, x, running_mean, running_var, momentum):
-        x, rm, rv = self._arrays(x, running_mean, running_var)
-        ones = self._jnp.ones(x.shape[-1], x.dtype)
+        x, = self._arrays(x)
+        rm, rv = self._params(x, running_mean, running_var)
+        ones = self._jnp.ones(x.shape[-1], rm.dtype)
         _, (mean, var) = self._call(x, ones, 0 * ones, 1e-3, training=True, stats=(rm, rv),
                                     momentum=momentum)
         return np.array(mean), np.array(var)
+
+
+class KerasMixedBf16Candidate(KerasCandidate):
+    """The ``mixed_bfloat16`` policy: bfloat16 x and y, float32 variables."""
+
+    name = "keras-mixed-bf16"
+    dtypes = ("bfloat16",)
+    param_dtype = "float32"
+    dtype_policy = "mixed_bfloat16"
