@@ -128,6 +128,13 @@ def test_no_false_alarm_bnref():
     _assert_clean(check("bnref", profile="ci"))
 
 
+def test_no_false_alarm_bnref_mixed():
+    """bnref's half kernels with float32 parameters: dgamma, dbeta and the running statistics in float32."""
+    report = check("bnref-mixed", profile="quick")
+    _assert_clean(report)
+    assert report.dtypes == ["float16", "bfloat16"]
+
+
 def test_no_false_alarm_torch():
     """float64 must pass everything; float32 too, with the tolerance of a float32 computation."""
     pytest.importorskip("torch")

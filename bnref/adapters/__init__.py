@@ -12,6 +12,7 @@ __all__ = ["ADAPTERS", "create"]
 #: adapter name -> "module:factory" (the factory takes no arguments)
 ADAPTERS: dict[str, str] = {
     "bnref": "bnref.adapters._bnref:BnrefCandidate",
+    "bnref-mixed": "bnref.adapters._bnref:BnrefMixedCandidate",
     "torch": "bnref.adapters._torch:TorchCandidate",
     "torch-channels-last": "bnref.adapters._torch:TorchChannelsLastCandidate",
     "torch-mixed": "bnref.adapters._torch:TorchMixedCandidate",

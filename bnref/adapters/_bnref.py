@@ -9,7 +9,7 @@ import numpy as np
 import bnref
 from bnref import sync
 from bnref._threads import single_threaded
-from bnref.dtypes import KERNEL_NAMES
+from bnref.dtypes import DTYPES, KERNEL_NAMES
 
 
 def _forward_and_backward(forward_train, backward):
@@ -53,3 +53,12 @@ class BnrefCandidate:
     def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
         _, mean, var = bnref.forward_train(x, gamma, beta, eps, self.channel_axis)
         return bnref.double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps, self.channel_axis)
+
+
+class BnrefMixedCandidate(BnrefCandidate):
+    """bnref's kernels in the mixed convention: half-precision x, float32 parameters and running
+    statistics (dgamma, dbeta in float32), as PyTorch's autocast and Flax's ``param_dtype`` run BN."""
+
+    name = "bnref-mixed"
+    dtypes = tuple(name for name in KERNEL_NAMES if "float32" in DTYPES[name].parameters and name != "float32")
+    param_dtype = "float32"
