@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnref.adapters._jax import JaxVjpMixin, enable_x64
+from bnref.adapters._jax import JaxVjpMixin
 
 
 class FlaxCandidate(JaxVjpMixin):
     name = "flax"
-    dtypes = ("float32", "float64")
-    channel_axis = -1
     use_fast_variance = True
 
     def __init__(self):
-        jax = enable_x64()
+        jax = self._start_jax()
         import flax
         import flax.linen as nn
-        import jax.numpy as jnp
 
-        self._jax, self._jnp, self._nn = jax, jnp, nn
+        self._nn = nn
         self.version = f"flax {flax.__version__}, jax {jax.__version__}"
 
     def _apply(self, x, gamma, beta, eps, *, stats=None, momentum=0.99):

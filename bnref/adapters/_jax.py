@@ -24,7 +24,20 @@ def enable_x64():
 
 
 class JaxVjpMixin:
+    """What the JAX-based adapters share: channels-last, float32 and float64 by default, JAX in
+    64-bit mode, gradients by ``jax.vjp`` of a jitted forward."""
+
+    dtypes = ("float32", "float64")
+    channel_axis = -1
     param_dtype = None
+
+    def _start_jax(self):
+        """Import JAX (64-bit mode on) and keep ``jax`` and ``jax.numpy`` on the instance."""
+        jax = enable_x64()
+        import jax.numpy as jnp
+
+        self._jax, self._jnp = jax, jnp
+        return jax
 
     def _jit(self, name, fn):
         cache = self.__dict__.setdefault("_jitted", {})

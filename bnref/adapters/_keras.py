@@ -13,26 +13,23 @@ import os
 
 import numpy as np
 
-from bnref.adapters._jax import JaxVjpMixin, enable_x64
+from bnref.adapters._jax import JaxVjpMixin
 
 
 class KerasCandidate(JaxVjpMixin):
     name = "keras"
-    dtypes = ("float32", "float64")
-    channel_axis = -1
     #: the layer's dtype policy for x's dtype: None = the dtype's own name
     dtype_policy = None
 
     def __init__(self):
         os.environ.setdefault("KERAS_BACKEND", "jax")
-        jax = enable_x64()
-        import jax.numpy as jnp
+        jax = self._start_jax()
         import keras
 
         if keras.backend.backend() != "jax":
             raise ImportError(f"the keras adapter needs KERAS_BACKEND=jax; Keras runs on "
                               f"{keras.backend.backend()!r}")
-        self._jax, self._jnp, self._keras = jax, jnp, keras
+        self._keras = keras
         self._layers: dict = {}
         self.version = f"keras {keras.__version__} (jax {jax.__version__})"
 

@@ -256,6 +256,19 @@ def _probe_single_value(call, dtype, fp: Fingerprint, param=None) -> None:
         fp.single_value = f"a value: y = {np.array2string(y.reshape(-1), precision=4)}, no error"
 
 
+def _normalized(call, x, param_dtype, eps: float = 1e-5):
+    """The candidate's training ``y`` of an ``(m, C)`` probe with gamma = 1 and beta = 0 in
+    ``param_dtype``, as float64, and the reference's.
+
+    Raises:
+        CandidateError: the call failed (raised, returned something else, timed out).
+    """
+    channels = x.shape[1]
+    gamma, beta = np.ones(channels, param_dtype), np.zeros(channels, param_dtype)
+    y = call("forward_train", x, gamma, beta, eps).astype(np.float64)
+    return y, reference.forward_train(x, gamma, beta, eps, 1)[0]
+
+
 def _probe_float32_offset(call, candidate, fp: Fingerprint) -> None:
     if "float32" not in tuple(candidate.dtypes):
         return
@@ -263,13 +276,11 @@ def _probe_float32_offset(call, candidate, fp: Fingerprint) -> None:
     worst = None
     for mean, std in OFFSET_PROBES:
         x = (mean + std * rng.standard_normal((256, 3))).astype(np.float32)
-        gamma, beta = np.ones(3, np.float32), np.zeros(3, np.float32)
         try:
-            y = call("forward_train", x, gamma, beta, 1e-5).astype(np.float64)
+            y, y_ref = _normalized(call, x, np.float32)
         except CandidateError as exc:
             fp.float32_offset_note = f"probe failed at mean {mean:g}, std {std:g}: {exc}"
             return
-        y_ref = reference.forward_train(x, gamma, beta, 1e-5, 1)[0]
         err = float(np.max(np.abs(y - y_ref))) if np.all(np.isfinite(y)) else math.inf
         error = err / float(np.max(np.abs(y_ref)))
         kappa = condition_number(x, 1, 1e-5)
@@ -306,13 +317,11 @@ def _ulps(actual, expected, dtype) -> np.ndarray:
 def _probe_accumulation(call, half, param, fp: Fingerprint) -> None:
     m, mean, std = ACCUMULATION_PROBE
     x = (mean + std * np.random.default_rng(4321).standard_normal((m, 1))).astype(half)
-    gamma, beta = np.ones(1, param), np.zeros(1, param)
     try:
-        y = call("forward_train", x, gamma, beta, 1e-5).astype(np.float64)
+        y, y_ref = _normalized(call, x, param)
     except CandidateError as exc:
         fp.accumulation = f"probe failed: {exc}"
         return
-    y_ref = reference.forward_train(x, gamma, beta, 1e-5, 1)[0]
     # the hypothesis of a half computation: a running sum in the half type for the mean and the variance
     running = lambda v: np.add.accumulate(v.astype(half).reshape(-1))[-1].astype(np.float64)  # noqa: E731
     mean_half = np.float64(np.asarray(running(x) / m).astype(half))
