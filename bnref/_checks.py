@@ -66,8 +66,22 @@ def same_shape(name: str, value, x: np.ndarray) -> np.ndarray:
     return arr
 
 
+def one_of(name: str, arr: np.ndarray, allowed: tuple[str, ...], x_dtype, what: str) -> np.ndarray:
+    """``arr``, or a TypeError unless its dtype is one of ``allowed`` (the combinations that
+    :data:`bnref.dtypes.DTYPES` allows with ``x_dtype``; ``what`` names the kind of argument)."""
+    if arr.dtype.name in allowed:
+        return arr
+    x_dtype = np.dtype(x_dtype)
+    if allowed == (x_dtype.name,):
+        raise TypeError(f"{name} has dtype {arr.dtype} but x has dtype {x_dtype}; "
+                        f"cast one of them so that they match")
+    choices = " or ".join(", ".join(allowed).rsplit(", ", 1))
+    raise TypeError(f"{name} has dtype {arr.dtype} but x has dtype {x_dtype}; with {x_dtype} x, {what} "
+                    f"must be {choices}")
+
+
 def per_channel(name: str, value, channels: int, dtype=None) -> np.ndarray:
-    """A ``(C,)`` vector; ``dtype=None`` accepts any supported dtype (statistics)."""
+    """A ``(C,)`` vector; ``dtype=None`` accepts any supported dtype."""
     arr = as_float_array(name, value, dtype)
     if arr.shape != (channels,):
         raise ValueError(f"{name} must have shape (C,) = ({channels},), one value per channel; got {arr.shape}")

@@ -18,11 +18,12 @@ from dataclasses import replace
 import numpy as np
 from numba import njit
 
-from bnref import _checks, _kernels
+from bnref import _checks, _half, _kernels
 from bnref._layout import Layout, layout_of
 from bnref.conventions import PYTORCH, Convention
+from bnref.dtypes import DType, dtype_info
 
-__all__ = ["Prepared", "invstd", "dx_coefficients", "nonnegative", "local_moments", "var_and_scale",
+__all__ = ["Prepared", "narrow", "invstd", "dx_coefficients", "nonnegative", "local_moments", "var_and_scale",
            "moments", "dx_from_sums", "forward_in_one_pass", "forward_in_two_passes",
            "backward_in_one_pass", "backward_in_two_passes", "prepare_backward", "running_convention"]
 
@@ -38,6 +39,10 @@ class Prepared:
     ``count`` is ``A * B``, also where there is no channel. With ``training``, statistics must be
     taken, so each channel needs at least two values (an input without channels has nothing to
     normalize and passes).
+
+    A half-precision ``x`` (a row of :data:`bnref.dtypes.DTYPES` that is not ``native``) reaches
+    the reductions as a float32 copy (:meth:`reducible`, exact) and the elementwise pass as its
+    bit patterns (:meth:`combine`).
     """
 
     def __init__(self, x, channel_axis, *, training: bool, name: str = "x"):
@@ -49,15 +54,60 @@ class Prepared:
         if training and self.count < 2 and self.channels:
             _checks.training_values(self.count, self.x.shape, self.axis, name)
         self.x3 = self.layout.view(self.x)
+        self.format: DType = dtype_info(self.x.dtype)
+        self._x3_reducible = None
 
     def vector(self, name, value, *, stats: bool = False) -> np.ndarray:
-        """A (C,) argument as float64; parameters must match x's dtype, statistics may be either."""
+        """A (C,) argument as float64 (its dtype checked as in :meth:`parameter`)."""
         return self.parameter(name, value, stats=stats).astype(np.float64, copy=False)  # kernels only read it
 
     def parameter(self, name, value, *, stats: bool = False) -> np.ndarray:
         """A checked (C,) argument in its own dtype, for kernels that read it into float64 math
-        themselves (the same bits, one conversion fewer per call)."""
-        return _checks.per_channel(name, value, self.channels, None if stats else self.x.dtype)
+        themselves (the same bits, one conversion fewer per call). Its dtype must be one that
+        x's row of :data:`bnref.dtypes.DTYPES` allows: ``parameters`` (x's dtype; float32 too for
+        the half formats) or, with ``stats``, ``statistics``."""
+        arr = _checks.per_channel(name, value, self.channels)
+        if stats:
+            return _checks.one_of(name, arr, self.format.statistics, self.x.dtype, "statistics")
+        return _checks.one_of(name, arr, self.format.parameters, self.x.dtype, "parameters")
+
+    def fused_width(self, streams: int, group: int = 1) -> int:
+        """:func:`bnref._kernels.fused_width` for ``streams`` arrays like x (0: use the split path,
+        always for a half format)."""
+        if not self.format.native:
+            return 0
+        return _kernels.fused_width(*self.x3.shape, streams * self.x.itemsize, group)
+
+    def reducible(self, arr3: np.ndarray) -> np.ndarray:
+        """An ``(A, C, B)`` array like x as the reduction kernels take it: itself, or for a half
+        format its float32 copy (exact)."""
+        if self.format.native:
+            return arr3
+        wide = np.empty(arr3.shape, np.float32)
+        self.kernel(_kernels.widen)(arr3.view(np.uint16), self.format.fraction_bits, wide)
+        return wide
+
+    @property
+    def x3_reducible(self) -> np.ndarray:
+        """:meth:`reducible` of ``x3``, made once."""
+        if self._x3_reducible is None:
+            self._x3_reducible = self.reducible(self.x3)
+        return self._x3_reducible
+
+    def combine(self, mean, k_x, k_0, out3, u3=None, k_u=None, v3=None, k_v=None) -> None:
+        """``out3 = k_x*(x - mean) + k_u*u3 + k_v*v3 + k_0`` (:func:`bnref._kernels.combine`; for a
+        half format :func:`bnref._kernels.combine_half`, rounding once from float64)."""
+        if not self.format.native:
+            bits = lambda a: None if a is None else a.view(np.uint16)  # noqa: E731
+            self.kernel(_kernels.combine_half)(bits(self.x3), mean, k_x, k_0, bits(out3), bits(u3), k_u,
+                                               bits(v3), k_v, self.format.fraction_bits)
+            return
+        # trailing arguments left out, not passed as None: Numba types the two differently, and
+        # each combination it sees is one more compiled specialization
+        extra = [u3, k_u, v3, k_v]
+        while extra and extra[-1] is None:
+            extra.pop()
+        self.kernel(_kernels.combine)(self.x3, mean, k_x, k_0, out3, *extra)
 
     def statistics(self, mean_name, mean, var_name, var) -> tuple[np.ndarray, np.ndarray]:
         """A (C,) mean and a non-negative (C,) variance, as float64."""
@@ -92,12 +142,26 @@ class Prepared:
         Without ``ddx`` (the backward) only the first two rows are computed; the rest are 0.
         """
         nchunks, rows = _kernels.chunking(self.x3.shape[0], self.x3.size)
-        sums = self.kernel(_kernels.channel_sums)(self.x3, mean, dy3, ddx3, rows, nchunks)
+        dy3 = self.reducible(dy3)
+        ddx3 = None if ddx3 is None else self.reducible(ddx3)
+        sums = self.kernel(_kernels.channel_sums)(self.x3_reducible, mean, dy3, ddx3, rows, nchunks)
         # the kernel sums v*(x - mean); xhat = (x - mean)*invstd, so scale once per channel
         sums[1] *= invstd
         if ddx3 is not None:
             sums[3] *= invstd
         return sums
+
+
+def narrow(values: np.ndarray, dtype) -> np.ndarray:
+    """Float64 ``values`` (any shape) in ``dtype``, each rounded once (NumPy's cast to bfloat16
+    goes through float32: two roundings)."""
+    row = dtype_info(dtype)
+    if row.native:
+        return values.astype(row.numpy)
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    bits = np.empty(values.shape, np.uint16)
+    _half.narrow_bits(values.reshape(-1), row.fraction_bits, bits.reshape(-1))
+    return bits.view(row.numpy)
 
 
 @njit(cache=True, nogil=True)
@@ -120,7 +184,7 @@ def local_moments(prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
 
     :mod:`bnref.sync` merges these per-shard pairs across shards.
     """
-    x3 = prep.x3
+    x3 = prep.x3_reducible
     a, c, b = x3.shape
     if x3.size == 0:
         return np.zeros(c), np.zeros(c)
@@ -159,7 +223,7 @@ def forward_in_two_passes(prep: Prepared, gamma, beta, eps: float, out):
     gamma, beta = gamma.astype(np.float64, copy=False), beta.astype(np.float64, copy=False)
     mean, var, scale = moments(prep, gamma, eps)
     y, y3, finish = prep.output(out)
-    prep.kernel(_kernels.combine)(prep.x3, mean, scale, beta, y3)
+    prep.combine(mean, scale, beta, y3)
     return finish(), mean, var
 
 
@@ -182,7 +246,7 @@ def dx_from_sums(prep: Prepared, dy3, gamma, mean, invstd, sum_dy, sum_dy_xhat, 
     # dx = gamma*invstd*dy  -  gamma*invstd^2*sum(dy xhat)/m * (x - mean)  -  gamma*invstd*sum(dy)/m
     k_dy, k_xmu, k_const = dx_coefficients(gamma, invstd, sum_dy, sum_dy_xhat, float(m))
     dx, dx3, finish = prep.output(out)
-    prep.kernel(_kernels.combine)(prep.x3, mean, k_xmu, k_const, dx3, dy3, k_dy)
+    prep.combine(mean, k_xmu, k_const, dx3, dy3, k_dy)
     return finish()
 
 
@@ -214,7 +278,7 @@ def backward_in_one_pass(prep: Prepared, dy3, gamma, mean, var, eps: float, widt
 def prepare_backward(dy, x, gamma, mean, var, eps, channel_axis, *, training: bool):
     """The checked inputs of a backward: ``(prep, dy3, gamma, mean, var, eps)``.
 
-    ``gamma`` keeps x's dtype; ``mean`` and ``var`` are float64 (the batch statistics with
+    ``gamma`` keeps its dtype; ``mean`` and ``var`` are float64 (the batch statistics with
     ``training``, else the running ones, named so in errors).
     """
     prep = Prepared(x, channel_axis, training=training)

@@ -47,6 +47,7 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from bnref._half import half_bits, half_value
 from bnref._nontemporal import LINE, fence, line_nt
 
 #: a statistics block holds about this many values of one channel (channels-first) or of one
@@ -871,3 +872,53 @@ def backward_fused(x, dy, gamma, mean, var, eps, width, out):
             k_dy[c], k_xmu[c], k_const[c] = dx_coefficients(gamma[c], channel_invstd[c], sums[0, c], sums[1, c], m)
         _combine_channels(x, mean, k_xmu, k_const, out, dy, k_dy, c0, c1)
     return sums, all_finite(sums[0], sums[1])
+
+
+# The half formats (float16, bfloat16) reach the kernels as uint16 bit patterns (bnref._half).
+# Their reductions run on a float32 copy (:func:`widen`, exact) through the kernels above, and
+# their elementwise pass is :func:`combine_half`: the float64 value of :func:`combine`, rounded
+# once to the format. The fused kernels and the non-temporal stores do not take them.
+
+
+@_kernel()
+def widen(bits, fraction_bits, out):
+    """``out`` (float32, any shape) = the values of the half patterns ``bits`` (uint16, its shape),
+    exactly; both C-contiguous."""
+    n = bits.size
+    flat, wide = bits.reshape(n), out.reshape(n)
+    block = max(COMBINE_BLOCK_ELEMENTS, -(-n // COMBINE_MIN_BLOCKS))
+    for i in prange(-(-n // block)):
+        lo = i * block
+        for e in range(lo, min(n, lo + block)):
+            wide[e] = half_value(flat[e], fraction_bits)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _combine_half_value(x, mean_c, u, v, a, c, b, k_x, k_u, k_v, k_0, fraction_bits):
+    """:func:`_combine_value` on half patterns, rounded once to the format's pattern."""
+    value = k_x * (half_value(x[a, c, b], fraction_bits) - mean_c)
+    if u is not None:
+        value += k_u * half_value(u[a, c, b], fraction_bits)
+    if v is not None:
+        value += k_v * half_value(v[a, c, b], fraction_bits)
+    return half_bits(value + k_0, fraction_bits)
+
+
+@_kernel()
+def combine_half(x, mean, k_x, k_0, out, u, k_u, v, k_v, fraction_bits):
+    """:func:`combine` for half patterns (uint16 ``x``, ``out``, ``u``, ``v`` of the format with
+    ``fraction_bits``): each output is the float64 value rounded once (:func:`bnref._half.half_bits`)."""
+    A, C, B = x.shape
+    items = A * C
+    block = max(1, min(COMBINE_BLOCK_ELEMENTS // max(1, B), -(-items // COMBINE_MIN_BLOCKS)))
+    for i in prange(-(-items // block)):
+        lo, hi = _block_from_end(i, block, items)
+        for ac in range(lo, hi):
+            a = ac // C
+            c = ac - a * C
+            kx, k0 = k_x[c], k_0[c]
+            ku = 0.0 if k_u is None else k_u[c]
+            kv = 0.0 if k_v is None else k_v[c]
+            mean_c = mean[c]
+            for b in range(B):
+                out[a, c, b] = _combine_half_value(x, mean_c, u, v, a, c, b, kx, ku, kv, k0, fraction_bits)

@@ -12,7 +12,7 @@ Notation, per channel ``c`` over the ``m`` values that share it (every axis but
     y_i = \gamma\,\hat x_i + \beta .
 
 Statistics (``mean``, ``var``) are returned and accepted in float64, the
-accumulation dtype, also for float32 data: a float32 mean of data with a large
+accumulation dtype, also for float32 and half-precision data: a float32 mean of data with a large
 offset would lose the digits that ``backward`` needs to rebuild ``xhat``.
 Full-size outputs have the dtype of ``x`` and its memory layout.
 
@@ -38,8 +38,11 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
 
     Args:
         x: ``(N, C, *spatial)`` with ``channel_axis=1`` or ``(N, *spatial, C)`` with
-            ``channel_axis=-1``; any rank >= 2, float32 or float64, any strides.
-        gamma, beta: ``(C,)``, the dtype of ``x``.
+            ``channel_axis=-1``; any rank >= 2, float32, float64, float16 or bfloat16
+            (``ml_dtypes.bfloat16``), any strides. Half-precision data is widened exactly, and ``y``
+            is the float64 result rounded once to x's dtype (nearest, ties to even).
+        gamma, beta: ``(C,)``, the dtype of ``x``; for float16 or bfloat16 ``x`` also float32
+            (half activations with float32 parameters, as PyTorch's mixed precision).
         eps: > 0, added to the variance inside the square root.
         channel_axis: the feature axis (1 = PyTorch, -1 = Flax/Keras).
         out: optional buffer for ``y`` (shape and dtype of ``x``), reused instead of allocating
@@ -50,7 +53,8 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
         Without channels (``C = 0``) they are empty.
 
     Raises:
-        TypeError: non-float or mixed dtypes. ValueError: rank < 2, shape mismatch, eps <= 0
+        TypeError: non-float dtypes, or parameters in a dtype the table of :mod:`bnref.dtypes` does not
+        allow with x's (the message names the allowed ones). ValueError: rank < 2, shape mismatch, eps <= 0
         or non-finite, channel_axis out of range, an empty batch or a single value per channel,
         non-finite data.
     """
@@ -58,7 +62,7 @@ def forward_train(x, gamma, beta, eps=1e-5, channel_axis=1, *, out=None):
     gamma = prep.parameter("gamma", gamma)
     beta = prep.parameter("beta", beta)
     eps = _checks.eps_value(eps)
-    width = _kernels.fused_width(*prep.x3.shape, prep.x.itemsize, _kernels.CHANNEL_GROUP)
+    width = prep.fused_width(1, _kernels.CHANNEL_GROUP)
     if width:  # x fits in cache a few channels at a time
         return _core.forward_in_one_pass(prep, gamma, beta, eps, width, out)
     return _core.forward_in_two_passes(prep, gamma, beta, eps, out)
@@ -71,8 +75,8 @@ def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_ax
 
     Args:
         x: any rank >= 2 (see :func:`forward_train`); any number of values per channel.
-        gamma, beta: ``(C,)``, the dtype of ``x``.
-        running_mean, running_var: ``(C,)`` float32 or float64; ``running_var >= 0``.
+        gamma, beta: ``(C,)``, as in :func:`forward_train`.
+        running_mean, running_var: ``(C,)`` float32 or float64 (or x's dtype, if half); ``running_var >= 0``.
         eps, channel_axis, out: as in :func:`forward_train`.
 
     Returns:
@@ -84,7 +88,7 @@ def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, channel_ax
     running_mean, running_var = prep.statistics("running_mean", running_mean, "running_var", running_var)
     eps = _checks.eps_value(eps)
     y, y3, finish = prep.output(out)
-    prep.kernel(_kernels.combine)(prep.x3, running_mean, gamma * _core.invstd(running_var, eps), beta, y3)
+    prep.combine(running_mean, gamma * _core.invstd(running_var, eps), beta, y3)
     return finish()
 
 
@@ -102,17 +106,16 @@ def backward(dy, x, gamma, mean, var, eps=1e-5, channel_axis=1, *, out=None):
         out: optional buffer for ``dx`` (if the call raises, its contents are unspecified).
 
     Returns:
-        ``(dx, dgamma, dbeta)``: ``dx`` like ``x``; ``dgamma``, ``dbeta`` ``(C,)`` in x's dtype.
+        ``(dx, dgamma, dbeta)``: ``dx`` like ``x``; ``dgamma``, ``dbeta`` ``(C,)`` in gamma's dtype.
     """
     prep, dy3, gamma, mean, var, eps = _core.prepare_backward(dy, x, gamma, mean, var, eps, channel_axis,
                                                               training=True)
-    width = _kernels.fused_width(*prep.x3.shape, 2 * prep.x.itemsize)
+    width = prep.fused_width(2)
     if width:  # x and dy fit in cache a few channels at a time
         dx, sum_dy, sum_dy_xhat = _core.backward_in_one_pass(prep, dy3, gamma, mean, var, eps, width, out)
     else:
         dx, sum_dy, sum_dy_xhat = _core.backward_in_two_passes(prep, dy3, gamma, mean, var, eps, out)
-    dtype = prep.x.dtype
-    return dx, sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
+    return dx, _core.narrow(sum_dy_xhat, gamma.dtype), _core.narrow(sum_dy, gamma.dtype)
 
 
 def backward_eval(dy, x, gamma, running_mean, running_var, eps=1e-5, channel_axis=1, *, out=None):
@@ -130,9 +133,8 @@ def backward_eval(dy, x, gamma, running_mean, running_var, eps=1e-5, channel_axi
     sums = prep.sums(running_mean, invstd, dy3)
     zeros = np.zeros_like(invstd)
     dx, dx3, finish = prep.output(out)
-    prep.kernel(_kernels.combine)(prep.x3, running_mean, zeros, zeros, dx3, dy3, gamma * invstd)
-    dtype = prep.x.dtype
-    return finish(), sums[1].astype(dtype), sums[0].astype(dtype)
+    prep.combine(running_mean, zeros, zeros, dx3, dy3, gamma.astype(np.float64) * invstd)
+    return finish(), _core.narrow(sums[1], gamma.dtype), _core.narrow(sums[0], gamma.dtype)
 
 
 def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, channel_axis=1):
@@ -156,10 +158,11 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
         dy, x, gamma, mean, var, eps, channel_axis: as given to :func:`backward`.
 
     Returns:
-        ``(gx, ggamma, gdy)``: ``gx`` and ``gdy`` like ``x``, ``ggamma`` ``(C,)``.
+        ``(gx, ggamma, gdy)``: ``gx`` and ``gdy`` like ``x``, ``ggamma`` ``(C,)`` in gamma's dtype.
     """
     prep, dy3, gamma, mean, var, eps = _core.prepare_backward(dy, x, gamma, mean, var, eps, channel_axis,
                                                               training=True)
+    gamma_dtype = gamma.dtype
     gamma = gamma.astype(np.float64, copy=False)
     ddx3 = prep.like_x("ddx", np.zeros_like(prep.x) if ddx is None else ddx)
     zeros_c = np.zeros(prep.channels, dtype=prep.x.dtype)
@@ -174,8 +177,7 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     ggamma = s * (R - m * mean_dy * mean_ddx - P * Q / m)
     # gdy = g s ddx + (ddgamma s - g s^2 Q/m) (x - mean) + (ddbeta - g s M(ddx))
     gdy, gdy3, finish_gdy = prep.output(None)
-    prep.kernel(_kernels.combine)(prep.x3, mean, ddgamma * s - g * s * s * Q / m, ddbeta - g * s * mean_ddx, gdy3,
-                                  ddx3, g * s)
+    prep.combine(mean, ddgamma * s - g * s * s * Q / m, ddbeta - g * s * mean_ddx, gdy3, ddx3, g * s)
     # gx, expanded in (x - mean), dy, ddx and a constant:
     c = g * s * s / m
     k_xmu = s * (c * (3 * P * Q / m - R + m * mean_dy * mean_ddx) - ddgamma * s * P / m)
@@ -183,8 +185,8 @@ def double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, mean, var, eps=1e-5, cha
     k_ddx = -c * P
     k_const = c * (Q * mean_dy + P * mean_ddx) - ddgamma * s * mean_dy
     gx, gx3, finish_gx = prep.output(None)
-    prep.kernel(_kernels.combine)(prep.x3, mean, k_xmu, k_const, gx3, dy3, k_dy, ddx3, k_ddx)
-    return finish_gx(), ggamma.astype(prep.x.dtype), finish_gdy()
+    prep.combine(mean, k_xmu, k_const, gx3, dy3, k_dy, ddx3, k_ddx)
+    return finish_gx(), _core.narrow(ggamma, gamma_dtype), finish_gdy()
 
 
 def update_running(running_mean, running_var, mean, var, count, momentum=0.1, *, unbiased=True):
@@ -200,13 +202,13 @@ def update_running(running_mean, running_var, mean, var, count, momentum=0.1, *,
     is ``momentum=0.01`` here) and store the biased variance: pass ``unbiased=False``.
 
     Args:
-        running_mean, running_var: ``(C,)`` float32 or float64 (not modified).
+        running_mean, running_var: ``(C,)`` of any dtype bnref takes (not modified).
         mean, var: ``(C,)`` batch statistics from :func:`forward_train` (``var`` biased).
         count: ``m``, the number of values per channel in the batch (>= 2).
         momentum: in [0, 1]. unbiased: apply ``m/(m-1)`` to the variance (default, as PyTorch).
 
     Returns:
-        ``(new_mean, new_var)`` in the dtype of ``running_mean`` / ``running_var``.
+        ``(new_mean, new_var)`` in the dtype of ``running_mean`` / ``running_var`` (rounded once).
     """
     running_mean = _checks.as_float_array("running_mean", running_mean)
     if running_mean.ndim != 1:
@@ -219,4 +221,4 @@ def update_running(running_mean, running_var, mean, var, count, momentum=0.1, *,
     momentum = _checks.momentum_value(momentum)
     new_mean, new_var = _core.running_convention(unbiased).update_running(running_mean, running_var, mean, var,
                                                                           count, momentum)
-    return new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
+    return _core.narrow(new_mean, running_mean.dtype), _core.narrow(new_var, running_var.dtype)

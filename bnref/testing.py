@@ -9,7 +9,17 @@ since ``dx`` is a difference of similar terms and may cancel -- times a relative
 .. math:: \mathrm{tol} = a_q\,u_{out} + b_q\,u_{64}\,\kappa\,\sqrt{m}
 
 * ``u_out`` is the unit roundoff of the output dtype (2^-24 for float32, 2^-53 for
-  float64): a correct float32 result is the exact one rounded once or a few times.
+  float64, 2^-11 for float16, 2^-8 for bfloat16): a correct float32 result is the exact
+  one rounded once or a few times.
+* In the half formats (float16, bfloat16) u_out is so far above float64's that bnref's
+  float64 arithmetic is exact in comparison, and every output is the float64 result rounded
+  once: ``y`` is held to one rounding, ``a_y = 1`` (``Tolerance.once``; a double rounding
+  float64 -> float32 -> half, or a truncation, errs by up to an ulp, ``2 u_out``, and
+  fails), the gradients keep their few roundings (rows of :data:`bnref.dtypes.DTYPES`
+  with ``rounded_once``).
+* Below the smallest normal number a rounding errs by up to half the smallest subnormal,
+  an absolute error: :func:`compare` adds ``a_q`` of those (float16's subnormals start
+  at 2^-24, well within reach of a gradient).
 * ``kappa`` is the condition of the batch, :func:`condition_number`: the size of
   the data relative to the normalizing scale, ``max |x| / sqrt(var + eps)``. Any
   float64 computation of ``x - mean`` loses about ``log10(kappa)`` digits, in the
@@ -27,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bnref.axes import per_channel, reduce_axes
-from bnref.dtypes import unit_roundoff
+from bnref.dtypes import dtype_info, unit_roundoff
 from bnref.profiles import hypothesis_settings, load_hypothesis_profile
 
 __all__ = ["reduce_axes", "per_channel", "TOLERANCES", "tolerance", "condition_number", "scales", "Comparison", "compare",
@@ -40,11 +50,12 @@ class Tolerance:
     a: float  # roundings into the output dtype
     b: float  # constant on u64 * kappa * sqrt(m)
     reason: str
+    once: float | None = None  # a for the dtypes held to one rounding (DType.rounded_once); None: a
 
 
 #: quantity -> tolerance constants; the same for float32 and float64 (u_out carries the dtype)
 TOLERANCES: dict[str, Tolerance] = {
-    "y": Tolerance(2, 16, "y = gamma*xhat + beta rounded once to the output dtype; xhat carries u64*kappa"),
+    "y": Tolerance(2, 16, "y = gamma*xhat + beta rounded once to the output dtype; xhat carries u64*kappa", once=1),
     "mean": Tolerance(2, 16, "a sum of m values: u64*sqrt(m) relative to max|x|, rounded once"),
     "var": Tolerance(2, 16, "two-pass: rounding of (x - mean) is u64*max|x|*|x - mean| per term"),
     "dbeta": Tolerance(4, 16, "a sum of m values of dy, rounded to the output dtype"),
@@ -58,11 +69,21 @@ TOLERANCES: dict[str, Tolerance] = {
 
 def tolerance(quantity: str, dtype, *, kappa: float = 1.0, m: int = 2) -> float:
     """Relative tolerance ``a*u_out + b*u64*kappa*sqrt(m)`` for ``quantity`` (see the module docstring)."""
+    tol = _tolerance_row(quantity)
+    return _roundings(tol, dtype) * unit_roundoff(dtype) \
+        + tol.b * unit_roundoff(np.float64) * max(1.0, kappa) * math.sqrt(max(m, 1))
+
+
+def _tolerance_row(quantity: str) -> Tolerance:
     try:
-        tol = TOLERANCES[quantity]
+        return TOLERANCES[quantity]
     except KeyError:
         raise ValueError(f"unknown quantity {quantity!r}; expected one of {sorted(TOLERANCES)}") from None
-    return tol.a * unit_roundoff(dtype) + tol.b * unit_roundoff(np.float64) * max(1.0, kappa) * math.sqrt(max(m, 1))
+
+
+def _roundings(tol: Tolerance, dtype) -> float:
+    """``a_q`` for ``dtype``: ``once`` where the dtype is held to one rounding and the quantity says so."""
+    return tol.once if tol.once is not None and dtype_info(dtype).rounded_once else tol.a
 
 
 def condition_number(x, channel_axis: int = 1, eps: float = 1e-5) -> float:
@@ -146,6 +167,8 @@ def compare(quantity: str, actual, expected, *, dtype, kappa: float = 1.0, m: in
     if scale is None:
         scale = float(np.max(np.abs(expected))) if expected.size else 1.0
         scale = scale if scale > 0 else 1.0
+    # roundings into the subnormal range err by up to half the smallest subnormal each, absolutely
+    tol += _roundings(_tolerance_row(quantity), dtype) * dtype_info(dtype).smallest_subnormal / 2 / scale
     if actual.size == 0:
         return Comparison(quantity, 0.0, scale, tol, None, None, None)
     a64 = actual.astype(np.float64)
@@ -192,14 +215,16 @@ def check_against_reference(impl, case, rng: np.random.Generator | None = None,
     kappa = condition_number(x, axis, eps)
     dy = rng.standard_normal(x.shape).astype(dtype)
     ddx = rng.standard_normal(x.shape).astype(dtype)
-    ddgamma = rng.standard_normal(gamma.shape).astype(dtype)
-    ddbeta = rng.standard_normal(gamma.shape).astype(dtype)
+    ddgamma = rng.standard_normal(gamma.shape).astype(gamma.dtype)
+    ddbeta = rng.standard_normal(gamma.shape).astype(gamma.dtype)
     scale = scales(x, gamma, beta, eps, axis, dy, ddx, ddgamma, ddbeta)
     context = f"case: {case.describe()}\nreplay: {case.replay()}"
     results = []
 
     def check(name, actual, expected):
-        result = compare(name, actual, expected, dtype=dtype, kappa=kappa, m=m, scale=scale[name])
+        # dgamma, dbeta and ggamma come back in gamma's dtype (float32 with half data, or the data's)
+        out_dtype = gamma.dtype if name in ("dgamma", "dbeta", "ggamma") else dtype
+        result = compare(name, actual, expected, dtype=out_dtype, kappa=kappa, m=m, scale=scale[name])
         results.append(result)
         if raise_on_failure and not result.ok:
             raise AssertionError(f"{result}\n{context}")

@@ -13,7 +13,13 @@ _, MEAN, VAR = bnref.forward_train(X, G, B)
     (lambda: bnref.forward_train(np.ones(3), np.ones(3), np.zeros(3)), ValueError, r"x must have rank >= 2"),
     (lambda: bnref.forward_train(X.astype(int), G, B), TypeError, r"x has an integer dtype"),
     (lambda: bnref.forward_train(X.astype(complex), G, B), TypeError, r"x has a complex dtype"),
-    (lambda: bnref.forward_train(X.astype(np.float16), G, B), TypeError, r"float32 and float64"),
+    (lambda: bnref.forward_train(X.astype(np.longdouble), G, B), TypeError, r"float32, float64, float16 and bfloat16"),
+    (lambda: bnref.forward_train(X.astype(np.float16), G, B), TypeError, r"gamma has dtype float64 but x has dtype "
+                                                                          r"float16; with float16 x, parameters must "
+                                                                          r"be float16 or float32"),
+    (lambda: bnref.forward_eval(X.astype(np.float32), G.astype(np.float32), B.astype(np.float32),
+                                MEAN.astype(np.float16), VAR), TypeError,
+     r"running_mean has dtype float16 but x has dtype float32; with float32 x, statistics must be float32 or float64"),
     (lambda: bnref.forward_train(X.astype(bool), G, B), TypeError, r"x has a boolean dtype"),
     (lambda: bnref.forward_train(X, G.astype(np.float32), B), TypeError, r"gamma has dtype float32 but x"),
     (lambda: bnref.forward_train(X, np.ones(4), B), ValueError, r"gamma must have shape \(C,\) = \(3,\)"),

@@ -2,6 +2,7 @@
 import io
 
 from bnref import cli, selfcheck
+from bnref.dtypes import KERNEL_DTYPES, dtype_info
 
 
 def test_selfcheck_table_passes_and_shows_the_offset_row():
@@ -9,7 +10,7 @@ def test_selfcheck_table_passes_and_shows_the_offset_row():
     assert selfcheck.run(stream=out)
     text = out.getvalue()
     rows = [line for line in text.splitlines() if line.endswith("pass")]
-    assert len(rows) == 2 * len(selfcheck.CASES)
+    assert len(rows) == len(KERNEL_DTYPES) * len(selfcheck.CASES)
     offset32 = next(line for line in rows if "offset-1e4" in line and "float32" in line)
     y_error = float(offset32.split()[-8])
     assert y_error < 1e-3
@@ -34,6 +35,9 @@ def test_selfcheck_replay_lines_run_as_printed(monkeypatch):
     from tests.mutants import AsBnref, DxMissingMeanTerm
 
     monkeypatch.setattr(selfcheck, "bnref", AsBnref(DxMissingMeanTerm))
+    # in the half formats the dropped term is below the gradients' tolerance on some rows
+    # (a few roundings of u = 2^-11 or 2^-8 of the scale): the rows of float32 and float64 only
+    monkeypatch.setattr(selfcheck, "KERNEL_DTYPES", tuple(d for d in KERNEL_DTYPES if dtype_info(d).native))
     out = io.StringIO()
     assert not selfcheck.run(stream=out)
     lines = [line.split("replay: ", 1)[1] for line in out.getvalue().splitlines() if "  replay: " in line]

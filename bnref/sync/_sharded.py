@@ -21,8 +21,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from bnref import _checks, _kernels
-from bnref._core import Prepared, dx_from_sums, invstd, local_moments
+from bnref import _checks
+from bnref._core import Prepared, dx_from_sums, invstd, local_moments, narrow
 from bnref.functional import update_running
 from bnref.sync._comm import Communicator, InProcess
 from bnref.sync._reduce import merge_moments
@@ -60,6 +60,7 @@ class _Shards:
         self.axis = first.axis
         self.channels = first.channels
         self.vector = first.vector
+        self.parameter = first.parameter
         self.statistics = first.statistics
 
     def like_x(self, name: str, values) -> list[np.ndarray]:
@@ -163,7 +164,7 @@ def forward_train_sharded(xs, gamma, beta, eps=1e-5, channel_axis=1, *, comm: Co
     ys = []
     for prep in shards.preps:
         y, y3, finish = prep.output(None)
-        prep.kernel(_kernels.combine)(prep.x3, mean, scale, beta, y3)
+        prep.combine(mean, scale, beta, y3)
         ys.append(finish())
     return ys, mean, var
 
@@ -180,14 +181,14 @@ def backward_sharded(dys, xs, gamma, mean, var, eps=1e-5, channel_axis=1, *, com
         mean, var: the global statistics it returned.
 
     Returns:
-        ``(dxs, dgamma, dbeta)``: ``dxs`` a list like ``xs``; ``dgamma``, ``dbeta`` ``(C,)`` in x's
+        ``(dxs, dgamma, dbeta)``: ``dxs`` a list like ``xs``; ``dgamma``, ``dbeta`` ``(C,)`` in gamma's
         dtype, identical on every process.
     """
     comm = InProcess() if comm is None else comm
     with _collectively(comm):
         shards = _Shards(xs, channel_axis)
         dy3s = shards.like_x("dys", dys)
-        gamma = shards.vector("gamma", gamma)
+        gamma = shards.parameter("gamma", gamma)
         mean, var = shards.statistics("mean", mean, "var", var)
         channel_invstd = invstd(var, _checks.eps_value(eps))
     parts = []
@@ -197,10 +198,10 @@ def backward_sharded(dys, xs, gamma, mean, var, eps=1e-5, channel_axis=1, *, com
     sum_dy, sum_dy_xhat, count = comm.allreduce_sum(parts)
     m = _global_count(count, shards, comm)
     _checks.finite_stats("sum(dy) or sum(dy * xhat) over the shards", sum_dy + sum_dy_xhat, shards.axis)
-    dxs = [dx_from_sums(prep, dy3, gamma, mean, channel_invstd, sum_dy, sum_dy_xhat, m)
+    gamma64 = gamma.astype(np.float64)
+    dxs = [dx_from_sums(prep, dy3, gamma64, mean, channel_invstd, sum_dy, sum_dy_xhat, m)
            for prep, dy3 in zip(shards.preps, dy3s)]
-    dtype = shards.preps[0].x.dtype
-    return dxs, sum_dy_xhat.astype(dtype), sum_dy.astype(dtype)
+    return dxs, narrow(sum_dy_xhat, gamma.dtype), narrow(sum_dy, gamma.dtype)
 
 
 def update_running_sharded(running_mean, running_var, mean, var, xs, momentum=0.1, channel_axis=1, *,
