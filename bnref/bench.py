@@ -161,6 +161,14 @@ def _read_sum(x, y):
 
 
 @njit(cache=True, parallel=True, nogil=True)
+def _stream_widen(x, out):
+    """The bound of a pass that reads 16-bit values and writes them as float32: out = x (uint16
+    converted to float32, a vector instruction), over flat buffers."""
+    for i in prange(x.shape[0]):
+        out[i] = x[i]
+
+
+@njit(cache=True, parallel=True, nogil=True)
 def _stream_two(x, a, y, b, out):
     """The bound of an elementwise pass over two inputs: out = a*x + b*y, regular stores."""
     for i in prange(x.shape[0]):
@@ -386,28 +394,48 @@ PASS_SHAPES = [((64, 64, 56, 56), "NCHW"), ((64, 64, 56, 56), "NHWC"),
 
 def pass_calls(inp: dict) -> dict:
     """(pass, "bnref" | "bound") -> callable: each pass of bnref's split kernels, and the simplest
-    loop with the same memory traffic (reads x, dy; writes y, dx) as its bound."""
+    loop with the same memory traffic (reads x, dy; writes y, dx) as its bound.
+
+    A 16-bit format adds its widening to float32 (the reductions run on float32 copies of x and
+    dy; its bound converts uint16 to float32), and its elementwise passes read and write bit
+    patterns (their bounds: the same loops over uint16)."""
     x, dy = inp["x"], inp["dy"]
     prep = _core.Prepared(x, inp["axis"], training=True)
     x3, dy3 = prep.x3, prep.layout.view(dy)
     a, c, b = x3.shape
     out = np.empty_like(x3)
-    xf, dyf, outf = x3.reshape(-1), dy3.reshape(-1), out.reshape(-1)
     shift = x3[0, :, 0].astype(np.float64)
     mean = shift + 0.5
     coef = np.full(c, 1.1)
     nchunks, rows = _kernels.chunking(a, x3.size, c if b == 1 else 0)
     sum_chunks, sum_rows = _kernels.chunking(a, x3.size)
     block = _kernels.block_rows(c, b)
-    one, half = x.dtype.type(1.1), x.dtype.type(0.5)
+    xr, dyr = prep.reducible(x3), prep.reducible(dy3)  # x3 and dy3 themselves for float32/float64
+    xf, dyf, outf = (bit_view(arr.reshape(-1)) for arr in (x3, dy3, out))
+    one, half = (xf.dtype.type(3), xf.dtype.type(1)) if xf.dtype.kind == "u" else (x.dtype.type(1.1), x.dtype.type(0.5))
+    if x.dtype.itemsize == 2:
+        bits, fraction_bits = (lambda arr: arr.view(np.uint16)), prep.format.fraction_bits
+        widened, wide = np.empty(x3.shape, np.float32), np.empty(xf.shape, np.float32)
+        forward = lambda: _kernels.combine_half(bits(x3), mean, coef, coef, bits(out), None, None, None, None,  # noqa: E731
+                                                fraction_bits)
+        backward = lambda: _kernels.combine_half(bits(x3), mean, coef, coef, bits(out), bits(dy3), coef,  # noqa: E731
+                                                 None, None, fraction_bits)
+        widen = {("widen to float32", "bnref"): lambda: _kernels.widen(bits(x3), fraction_bits, widened),
+                 ("widen to float32", "bound"): lambda: _stream_widen(xf, wide)}
+    else:
+        forward = lambda: _kernels.combine(x3, mean, coef, coef, out)  # noqa: E731
+        backward = lambda: _kernels.combine(x3, mean, coef, coef, out, dy3, coef)  # noqa: E731
+        widen = {}
+    xrf, dyrf = xr.reshape(-1), dyr.reshape(-1)
     return {
-        ("statistics", "bnref"): lambda: _kernels.channel_moments(x3, shift, rows, nchunks, block),
-        ("statistics", "bound"): lambda: _read_sum(xf, None),
-        ("forward combine", "bnref"): lambda: _kernels.combine(x3, mean, coef, coef, out),
+        **widen,
+        ("statistics", "bnref"): lambda: _kernels.channel_moments(xr, shift, rows, nchunks, block),
+        ("statistics", "bound"): lambda: _read_sum(xrf, None),
+        ("forward combine", "bnref"): forward,
         ("forward combine", "bound"): lambda: _stream_affine(xf, one, half, outf),
-        ("backward sums", "bnref"): lambda: _kernels.channel_sums(x3, mean, dy3, None, sum_rows, sum_chunks),
-        ("backward sums", "bound"): lambda: _read_sum(xf, dyf),
-        ("backward combine", "bnref"): lambda: _kernels.combine(x3, mean, coef, coef, out, dy3, coef),
+        ("backward sums", "bnref"): lambda: _kernels.channel_sums(xr, mean, dyr, None, sum_rows, sum_chunks),
+        ("backward sums", "bound"): lambda: _read_sum(xrf, dyrf),
+        ("backward combine", "bnref"): backward,
         ("backward combine", "bound"): lambda: _stream_two(xf, one, dyf, half, outf),
     }
 
@@ -457,19 +485,21 @@ def run_passes(threads: int, repeats: int, dtype: str = MAIN_DTYPE) -> list[dict
     with limit_threads(threads):
         for shape, layout in PASS_SHAPES:
             case = Case(shape, layout, dtype)
-            times = sample_ms(pass_calls(make_inputs(case)), repeats)
-            for (name, impl), (ms, _) in times.items():
+            calls = pass_calls(make_inputs(case))
+            times = sample_ms(calls, repeats)
+            values = math.prod(shape)
+            for name, impl in calls:  # in pass order
                 if impl == "bnref":
-                    bound = times[(name, "bound")][0]
+                    ms, bound = times[(name, impl)][0], times[(name, "bound")][0]
                     rows.append(dict(case=case.label, dtype=dtype, threads=threads, step=name, ms=ms,
-                                     bound_ms=bound, ratio=ms / bound))
+                                     bound_ms=bound, ratio=ms / bound, ns_per_value=ms * 1e6 / values))
     return rows
 
 
 def format_passes(rows: list[dict]) -> str:
-    return render(("case", "pass", "ms", "bound ms", "ratio"),
-                  [(r["case"], r["step"], f"{r['ms']:.3f}", f"{r['bound_ms']:.3f}", f"{r['ratio']:.2f}")
-                   for r in rows], align="<<>>>")
+    return render(("case", "dtype", "pass", "ms", "bound ms", "ratio", "ns/value"),
+                  [(r["case"], r["dtype"], r["step"], f"{r['ms']:.3f}", f"{r['bound_ms']:.3f}", f"{r['ratio']:.2f}",
+                    f"{r['ns_per_value']:.2f}") for r in rows], align="<<<>>>>")
 
 
 def machine() -> dict:
@@ -718,7 +748,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess")
     parser.add_argument("--passes", action="store_true",
                         help="instead: each pass of bnref's split kernels on the large shapes against the "
-                             f"simplest loop with its memory traffic ({MAIN_DTYPE}, the largest thread count)")
+                             f"simplest loop with its memory traffic (--dtypes, default {MAIN_DTYPE}; the largest "
+                             "thread count)")
     args = parser.parse_args(argv)
 
     if args.from_json:
@@ -748,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bnref bench: {host['processor'] or 'unknown CPU'} ({caches or 'caches unknown'}), "
           f"load average {load:.2f} on {os.cpu_count()} CPUs", file=sys.stderr)
     if args.passes:
-        rows = run_passes(max(threads), repeats)
+        rows = [row for dtype in (dtypes if args.dtypes else [MAIN_DTYPE]) for row in run_passes(max(threads), repeats, dtype)]
         print(format_passes(rows))
         if args.json:
             with open(args.json, "w") as fh:

@@ -117,6 +117,10 @@ def test_pass_bounds_compute_what_they_stand_for():
     out = np.empty_like(x)
     bench._stream_two(x, 1.5, y, -0.25, out)
     np.testing.assert_allclose(out, 1.5 * x - 0.25 * y, rtol=1e-15)
+    bits = np.array([0, 1, 40000, 65535], np.uint16)
+    wide = np.empty(4, np.float32)
+    bench._stream_widen(bits, wide)
+    np.testing.assert_array_equal(wide, [0, 1, 40000, 65535])
 
 
 def test_pass_calls_cover_every_split_pass_with_a_bound():
@@ -233,3 +237,19 @@ def test_dtypes_flag_names_the_dtypes_the_kernels_take(capsys):
         bench.main(["--dtypes", "int8", "--no-cold-start"])
     err = capsys.readouterr().err
     assert "'int8' is not one of" in err and all(name in err for name in KERNEL_NAMES)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_pass_calls_add_the_widening_and_stream_bit_patterns(dtype):
+    """--passes for a 16-bit format: its widening to float32 joins the passes, the statistics run on
+    the float32 copy, and the elementwise bounds stream uint16 of x's size."""
+    inp = _case("NCHW", dtype, shape=(4, 8, 6, 6))
+    calls = bench.pass_calls(inp)
+    steps = {step for step, _ in calls}
+    assert steps == {"widen to float32", "statistics", "forward combine", "backward sums", "backward combine"}
+    assert all((step, impl) in calls for step in steps for impl in ("bnref", "bound"))
+    for fn in calls.values():
+        fn()
+    mean, m2 = calls[("statistics", "bnref")]()
+    x64 = np.moveaxis(inp["x"].astype(np.float64), 1, -1).reshape(-1, 8)
+    np.testing.assert_allclose(m2, ((x64 - x64.mean(0)) ** 2).sum(0), rtol=1e-10)
