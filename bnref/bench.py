@@ -271,19 +271,31 @@ def make_inputs(case: Case, seed: int = 0) -> dict:
     return dict(x=x, dy=dy, gamma=gamma, beta=beta, axis=axis)
 
 
+def is_16bit(dtype) -> bool:
+    """Whether ``dtype`` is one of the 16-bit formats (float16, bfloat16)."""
+    return np.dtype(dtype).itemsize == 2
+
+
 def has_numpy_baseline(dtype: str) -> bool:
     """Whether the plain-NumPy rows run for ``dtype``: not for the 16-bit formats, which NumPy
     computes in half precision op by op (float16) or through ml_dtypes' bfloat16 ufuncs, so its
     mean and variance would not be batch norm's to half precision, nor its time a baseline
     anyone uses."""
-    return np.dtype(dtype).itemsize >= 4
+    return not is_16bit(dtype)
 
 
 def bit_view(arr: np.ndarray) -> np.ndarray:
     """A 16-bit float array as its uint16 bit patterns (the same memory); other arrays as they are.
     The machine's limits move bits, not values, and neither NumPy (bfloat16) nor Numba (either
     16-bit format) has arithmetic for the half formats."""
-    return arr.view(np.uint16) if arr.dtype.itemsize == 2 else arr
+    return arr.view(np.uint16) if is_16bit(arr.dtype) else arr
+
+
+def affine_constants(flat: np.ndarray) -> tuple:
+    """(a, b) for the bound loops ``a*x + b`` over ``flat`` (a float array or :func:`bit_view`'s
+    uint16), in its own type, so that Numba compiles the loop for that type alone."""
+    kind = flat.dtype.type
+    return (kind(3), kind(1)) if flat.dtype.kind == "u" else (kind(1.1), kind(0.5))
 
 
 def bnref_calls(inp: dict) -> dict:
@@ -361,7 +373,7 @@ class Row:
     ceiling_gbps: float
     copy_gbps: float
     load: float = float("nan")  # 1-minute load average when the case finished (other processes)
-    params: str = ""  # the dtype of gamma and beta (:func:`param_dtype`); "" in runs saved before it was recorded
+    params: str = ""  # the dtype of gamma and beta (:func:`param_dtype`); "" where a saved run lacks it
 
     def cells(self) -> tuple[str, str, str]:
         """(vs torch, extra MB, % ceiling) as shown in the text and Markdown tables."""
@@ -382,7 +394,7 @@ def limit_calls(nbytes: int, dtype) -> dict:
     n = nbytes // np.dtype(dtype).itemsize
     src = bit_view(np.random.default_rng(1).standard_normal(n).astype(dtype))
     dst = np.empty_like(src)
-    a, b = (src.dtype.type(3), src.dtype.type(1)) if src.dtype.kind == "u" else (src.dtype.type(1.5), src.dtype.type(0.25))
+    a, b = affine_constants(src)
     return {("ceiling", "stream"): lambda: _stream_affine(src, a, b, dst),
             ("copy", "copy"): lambda: np.copyto(dst, src)}
 
@@ -412,15 +424,15 @@ def pass_calls(inp: dict) -> dict:
     block = _kernels.block_rows(c, b)
     xr, dyr = prep.reducible(x3), prep.reducible(dy3)  # x3 and dy3 themselves for float32/float64
     xf, dyf, outf = (bit_view(arr.reshape(-1)) for arr in (x3, dy3, out))
-    one, half = (xf.dtype.type(3), xf.dtype.type(1)) if xf.dtype.kind == "u" else (x.dtype.type(1.1), x.dtype.type(0.5))
-    if x.dtype.itemsize == 2:
-        bits, fraction_bits = (lambda arr: arr.view(np.uint16)), prep.format.fraction_bits
+    one, half = affine_constants(xf)
+    if is_16bit(x.dtype):
+        x3b, dy3b, outb, fraction_bits = bit_view(x3), bit_view(dy3), bit_view(out), prep.format.fraction_bits
         widened, wide = np.empty(x3.shape, np.float32), np.empty(xf.shape, np.float32)
-        forward = lambda: _kernels.combine_half(bits(x3), mean, coef, coef, bits(out), None, None, None, None,  # noqa: E731
+        forward = lambda: _kernels.combine_half(x3b, mean, coef, coef, outb, None, None, None, None,  # noqa: E731
                                                 fraction_bits)
-        backward = lambda: _kernels.combine_half(bits(x3), mean, coef, coef, bits(out), bits(dy3), coef,  # noqa: E731
+        backward = lambda: _kernels.combine_half(x3b, mean, coef, coef, outb, dy3b, coef,  # noqa: E731
                                                  None, None, fraction_bits)
-        widen = {("widen to float32", "bnref"): lambda: _kernels.widen(bits(x3), fraction_bits, widened),
+        widen = {("widen to float32", "bnref"): lambda: _kernels.widen(x3b, fraction_bits, widened),
                  ("widen to float32", "bound"): lambda: _stream_widen(xf, wide)}
     else:
         forward = lambda: _kernels.combine(x3, mean, coef, coef, out)  # noqa: E731
@@ -615,9 +627,9 @@ def markdown_summary(rows: list[Row], threads: int, dtype: str = MAIN_DTYPE) -> 
     sel = {(r.case, r.impl, r.op): r for r in rows if r.threads == threads and r.dtype == dtype}
     cases = list(dict.fromkeys(case for case, _, _ in sel))
     params = next((r.params for r in sel.values() if r.params), "")
-    header = (f"case ({dtype}{f', {params} parameters' if params else ''}, {threads} thread(s))", "fwd ms bnref / torch", "fwd vs torch",
-              "fwd+bwd ms bnref / torch", "fwd+bwd vs torch", "out= fwd % ceiling", "out= fwd+bwd % ceiling",
-              "ceiling GB/s", "load")
+    title = f"case ({dtype}{f', {params} parameters' if params else ''}, {threads} thread(s))"
+    header = (title, "fwd ms bnref / torch", "fwd vs torch", "fwd+bwd ms bnref / torch", "fwd+bwd vs torch",
+              "out= fwd % ceiling", "out= fwd+bwd % ceiling", "ceiling GB/s", "load")
     out = []
     for case in cases:
         cells = [case]
@@ -675,8 +687,8 @@ def acceptance(rows: list[Row], threads: int) -> list[str]:
 
 
 def plot_paths(path: str, dtypes: list[str]) -> dict:
-    """dtype -> PNG: ``path`` for :data:`MAIN_DTYPE` (or the first of ``dtypes`` without it), ``stem-<dtype>.png``
-    next to it for the others."""
+    """dtype -> PNG: ``path`` for :data:`MAIN_DTYPE` (or the first of ``dtypes`` without it),
+    ``stem-<dtype>.png`` next to it for the others."""
     first = MAIN_DTYPE if MAIN_DTYPE in dtypes else dtypes[0]
     stem, ext = os.path.splitext(path)
     return {dtype: path if dtype == first else f"{stem}-{dtype}{ext or '.png'}" for dtype in dtypes}
@@ -779,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bnref bench: {host['processor'] or 'unknown CPU'} ({caches or 'caches unknown'}), "
           f"load average {load:.2f} on {os.cpu_count()} CPUs", file=sys.stderr)
     if args.passes:
-        rows = [row for dtype in (dtypes if args.dtypes else [MAIN_DTYPE]) for row in run_passes(max(threads), repeats, dtype)]
+        pass_dtypes = dtypes if args.dtypes else [MAIN_DTYPE]
+        rows = [row for dtype in pass_dtypes for row in run_passes(max(threads), repeats, dtype)]
         print(format_passes(rows))
         if args.json:
             with open(args.json, "w") as fh:
