@@ -1,5 +1,6 @@
 """The benchmark measures like with like: its baselines compute batch norm, its memory probe sees
 allocations, and bnref allocates nothing full-size beyond its outputs. No timing here."""
+import os
 import time
 
 import numpy as np
@@ -232,7 +233,8 @@ def test_markdown_and_plots_per_dtype():
         "float32": "out/run.png", "bfloat16": "out/run-bfloat16.png"}
 
 
-def test_dtypes_flag_names_the_dtypes_the_kernels_take(capsys):
+def test_dtypes_flag_names_the_dtypes_the_kernels_take(capsys, monkeypatch):
+    monkeypatch.setenv("GOMP_SPINCOUNT", os.environ.get("GOMP_SPINCOUNT", "10000"))  # main sets it; restored after
     with pytest.raises(SystemExit):
         bench.main(["--dtypes", "int8", "--no-cold-start"])
     err = capsys.readouterr().err
