@@ -120,7 +120,8 @@ def _file_stem(target: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", target)
 
 
-def run_target(target: str, out: Path, *, profile: str, dtypes: list[str], timeout: float, seed: int = 0) -> Run:
+def run_target(target: str, out: Path, *, profile: str, dtypes: list[str], timeout: float, seed: int = 0,
+               only: list[str] | None = None) -> Run:
     """Run ``bnref check target`` in a child Python with a ``timeout`` (seconds; 0: none).
 
     Writes ``out/<target>.json`` (the report), ``out/<target>.txt`` (the human report) and
@@ -134,6 +135,8 @@ def run_target(target: str, out: Path, *, profile: str, dtypes: list[str], timeo
            "--profile", profile, "--seed", str(seed)]
     for dtype in dtypes:
         cmd += ["--dtype", dtype]
+    for prop in only or ():
+        cmd += ["--only", prop]
     start = time.perf_counter()
     with open(txt_path, "wb") as stdout, open(log_path, "wb") as stderr:
         # its own session: a kill on timeout reaches whatever the candidate started too
@@ -307,10 +310,11 @@ def _not_produced(runs: list[Run]) -> list[Run]:
     return [run for run in runs if run.outcome in (TIMED_OUT, ERROR)]
 
 
-def render_text(runs: list[Run], rows: list[Row], *, style: str = "text") -> str:
+def render_text(runs: list[Run], rows: list[Row], conventions: tuple[list[str], list[list[str]]], *,
+                style: str = "text") -> str:
     """The matrix, the conventions table and the runs without a report, as text or Markdown."""
     head, body = matrix_rows(rows)
-    c_head, c_body = conventions_rows(runs)
+    c_head, c_body = conventions
     title = (lambda s: f"## {s}") if style == "markdown" else (lambda s: s)
     parts = [title("Properties"), "", render(head, body, style=style), "",
              title("Conventions"), "", render(c_head, c_body, style=style) if c_body else "(none measured)"]
@@ -350,25 +354,27 @@ def heatmap(rows: list[Row], path: Path) -> bool:
     ax.legend(handles=[Patch(facecolor=COLOURS[s], edgecolor="#555555", label=s) for s in present],
               loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_title(f"bnref {__version__} oracle: properties per implementation and dtype", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
 
 
 def write_outputs(runs: list[Run], out: Path) -> tuple[list[Run], list[Row], list[str]]:
-    """Merge ``runs`` and write conformance.{json,md,txt,png} into ``out``; returns the merge and notes."""
+    """Merge ``runs`` and write conformance.{json,md,txt,png} into ``out``; returns the merge and notes.
+
+    The conventions come from every run (the last fingerprint of each target), the matrix from the merge.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    conventions = c_head, c_body = conventions_rows(runs)
     runs, rows = merge(runs)
     head, body = matrix_rows(rows)
-    c_head, c_body = conventions_rows(runs)
     data = {"format": FORMAT, "bnref_version": __version__,
             "runs": [asdict(run) for run in runs],
             "matrix": [dict(zip(head, line)) for line in body],
             "conventions": [dict(zip(c_head, line)) for line in c_body]}
     (out / "conformance.json").write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    (out / "conformance.md").write_text(render_text(runs, rows, style="markdown") + "\n", encoding="utf-8")
-    (out / "conformance.txt").write_text(render_text(runs, rows) + "\n", encoding="utf-8")
+    (out / "conformance.md").write_text(render_text(runs, rows, conventions, style="markdown") + "\n", encoding="utf-8")
+    (out / "conformance.txt").write_text(render_text(runs, rows, conventions) + "\n", encoding="utf-8")
     notes = []
     if not heatmap(rows, out / "conformance.png"):
         notes.append("matplotlib is not installed: no conformance.png (pip install matplotlib)")
@@ -397,6 +403,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"time limit of one target's whole run (default {DEFAULT_TIMEOUT:g}; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
+    p.add_argument("--only", action="append", metavar="PROPERTY", default=[],
+                   help="run only this property (repeatable; passed to bnref check)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
@@ -462,10 +470,10 @@ def main(argv: list[str] | None = None) -> int:
                       for t in targets if t not in to_run}
     with Progress(len(to_run), "conformance", unit="run", enabled=not args.no_progress) as bar:
         for target in to_run:
-            bar.update(0, running=target)
+            bar.update(0, target=f"{target} running")
             run = run_target(target, out, profile=args.profile, dtypes=args.dtype, timeout=args.timeout,
-                             seed=args.seed)
+                             seed=args.seed, only=args.only)
             runs_by_target[target] = run
-            bar.update(1, running=target, last=f"{run.outcome} {run.seconds:.0f}s")
+            bar.update(1, target=f"{target} {run.outcome} ({run.seconds:.0f} s)")
     runs = [runs_by_target[t] for t in targets]
     return _finish(runs, out)
