@@ -244,7 +244,7 @@ def merge(runs: list[Run]) -> tuple[list[Run], list[Row]]:
 
     A target with a report in any run loses its rows without one (a framework missing here
     but checked elsewhere shows the report). Returns the runs that still contribute a row,
-    in first-seen target order, and the matrix rows sorted by that order and dtype.
+    in first-seen target order, and the matrix rows sorted by that order and bnref's dtype order.
     """
     rows: dict[tuple[str, str], tuple[int, Row]] = {}
     order: dict[str, int] = {}
@@ -258,8 +258,13 @@ def merge(runs: list[Run]) -> tuple[list[Run], list[Row]]:
     kept = {key: value for key, value in rows.items()
             if value[1].outcome == REPORT or key[0] not in with_report}
     used = sorted({index for index, _ in kept.values()})
-    merged_rows = sorted((row for _, row in kept.values()), key=lambda r: (order[r.target], r.dtype))
+    merged_rows = sorted((row for _, row in kept.values()), key=lambda r: (order[r.target], _dtype_rank(r.dtype)))
     return [runs[i] for i in used], merged_rows
+
+
+def _dtype_rank(dtype: str) -> tuple[int, str]:
+    """bnref's dtype order (float32, float64, float16, bfloat16), then any other name."""
+    return (NAMES.index(dtype), "") if dtype in NAMES else (len(NAMES), dtype)
 
 
 def _properties(rows: list[Row]) -> list[str]:
