@@ -12,7 +12,8 @@ command. The JSON reports land in ``--out`` (default ``conformance-out/``) next 
   back together with reports made elsewhere (another virtual environment, a GPU machine).
 
 Exit status: 0 when every report was produced (failed properties are findings, not errors);
-1 when a run timed out or ended without a report; 2 on a usage error.
+1 when a run timed out or ended without a report; 2 on a usage error; 130 on Ctrl-C, after
+rendering what ran.
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ CONVENTIONS: dict[str, str] = {
     "accumulation precision": "statistics_accumulated_in",
 }
 FORMAT = "bnref-conformance"
+#: the exit status after Ctrl-C, as ``bnref check`` gives it
+EXIT_INTERRUPTED = 130
 DEFAULT_OUT = "conformance-out"
 DEFAULT_TIMEOUT = 600.0
 
@@ -206,13 +209,20 @@ def load_runs(path: str | Path) -> list[Run]:
             if isinstance(item, dict) and item.get("target"):
                 runs.append(Run(str(item["target"]), str(item.get("outcome", ERROR)),
                                 item.get("report") if isinstance(item.get("report"), dict) else None,
-                                str(item.get("message", "")), float(item.get("seconds") or 0.0),
-                                list(item.get("dtypes") or [])))
+                                str(item.get("message", "")), _seconds(item),
+                                [str(d) for d in item.get("dtypes") or []]))
         return runs
     if isinstance(data, dict) and isinstance(data.get("results"), list):
         target = str(data.get("target") or data.get("candidate") or Path(path).stem)
-        return [Run(target, REPORT, report=data, seconds=float(data.get("seconds") or 0.0))]
+        return [Run(target, REPORT, report=data, seconds=_seconds(data))]
     raise ValueError(f"{path}: neither a bnref check --json report nor a {FORMAT} file")
+
+
+def _seconds(data: dict) -> float:
+    try:
+        return float(data.get("seconds") or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _implementation(run: Run) -> str:
@@ -473,12 +483,22 @@ def main(argv: list[str] | None = None) -> int:
     to_run = [t for t in targets if installed(t)]
     runs_by_target = {t: Run(t, NOT_INSTALLED, message=f"no module {REQUIRES[t]!r}", dtypes=list(args.dtype))
                       for t in targets if t not in to_run}
+    interrupted = False
     with Progress(len(to_run), "conformance", unit="run", enabled=not args.no_progress) as bar:
         for target in to_run:
             bar.update(0, target=f"{target} running")
-            run = run_target(target, out, profile=args.profile, dtypes=args.dtype, timeout=args.timeout,
-                             seed=args.seed, only=args.only)
+            try:
+                run = run_target(target, out, profile=args.profile, dtypes=args.dtype, timeout=args.timeout,
+                                 seed=args.seed, only=args.only)
+            except KeyboardInterrupt:  # the child is gone; what ran so far is still rendered
+                interrupted = True
+                break
             runs_by_target[target] = run
             bar.update(1, target=f"{target} {run.outcome} ({run.seconds:.0f} s)")
-    runs = [runs_by_target[t] for t in targets]
-    return _finish(runs, out)
+    runs = [runs_by_target.get(t) or Run(t, ERROR, message="not run: interrupted", dtypes=list(args.dtype))
+            for t in targets]
+    code = _finish(runs, out)
+    if interrupted:
+        print("bnref conformance: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
