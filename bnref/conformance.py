@@ -34,7 +34,8 @@ from bnref._progress import Progress
 from bnref._table import render
 from bnref.dtypes import NAMES
 
-__all__ = ["REQUIRES", "Run", "Row", "run_target", "load_runs", "merge", "matrix_rows", "write_outputs", "main"]
+__all__ = ["REQUIRES", "Run", "Row", "installed", "run_target", "load_runs", "merge", "matrix_rows",
+           "conventions_rows", "render_text", "heatmap", "write_outputs", "main"]
 
 #: adapter -> the top-level module its framework needs (None: NumPy/Numba only, always installed).
 #: An adapter missing here is run anyway; a run that fails for a missing module reads "not installed".
@@ -453,6 +454,7 @@ def _finish(runs: list[Run], out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``bnref conformance [TARGET ...]`` or ``bnref conformance merge FILE ...``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["merge"]:
         args, code = _parse(_merge_parser(), argv[1:])

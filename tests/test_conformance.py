@@ -88,9 +88,12 @@ def test_missing_framework_is_not_installed(tmp_path, monkeypatch, capsys):
     assert "not installed" in capsys.readouterr().out
 
 
-def test_installed_looks_up_the_framework():
+def test_installed_looks_up_the_framework(monkeypatch):
     assert conformance.installed("seed") and conformance.installed("tests.mutants:NaiveVariance")
-    assert conformance.installed("bnref")
+    monkeypatch.setitem(conformance.REQUIRES, "torch", "no_such_framework_for_bnref")
+    assert not conformance.installed("torch")
+    monkeypatch.setitem(conformance.REQUIRES, "torch", "json")
+    assert conformance.installed("torch")
 
 
 def test_merge_by_target_and_dtype(tmp_path, capsys):
