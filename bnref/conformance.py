@@ -402,6 +402,7 @@ def write_outputs(runs: list[Run], out: Path) -> tuple[list[Run], list[Row], lis
 
 def _parser() -> argparse.ArgumentParser:
     from bnref.adapters import ADAPTERS
+    from bnref.oracle.properties import PROPERTIES
 
     p = argparse.ArgumentParser(
         prog="bnref conformance",
@@ -419,7 +420,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"time limit of one target's whole run (default {DEFAULT_TIMEOUT:g}; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
-    p.add_argument("--only", action="append", metavar="PROPERTY", default=[],
+    p.add_argument("--only", action="append", metavar="PROPERTY", default=[], choices=[q.name for q in PROPERTIES],
                    help="run only this property (repeatable; passed to bnref check)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

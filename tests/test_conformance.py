@@ -132,4 +132,5 @@ def test_usage_errors(tmp_path, capsys):
     (tmp_path / "y.json").write_text("[1, 2]")
     assert conformance.main(["merge", str(tmp_path / "y.json"), "--out", str(tmp_path)]) == 2
     assert conformance.main(["--profile", "nope"]) == 2
+    assert conformance.main(["seed", "--only", "no_such_property"]) == 2
     assert conformance.main(["seed", "--timeout", "-1"]) == 2
