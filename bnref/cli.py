@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "selfcheck": ("bnref.selfcheck", "check the kernels against the autograd reference and print a table"),
     "check": ("bnref.oracle.cli", "check another batch-norm implementation against bnref"),
+    "conformance": ("bnref.conformance", "run the oracle over every installed implementation: one matrix, one JSON"),
     "mnist": ("bnref.mnist.cli", "train the MNIST experiments (seed post, paper Fig. 1) with bnref's kernels"),
     "bench": ("bnref.bench", "benchmark bnref against NumPy and PyTorch CPU"),
 }
