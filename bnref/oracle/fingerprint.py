@@ -45,7 +45,7 @@ import numpy as np
 from bnref import reference
 from bnref.conventions import Convention
 from bnref.oracle._guard import CandidateError, Guard
-from bnref.oracle.protocol import half_dtypes_of, param_dtype_of
+from bnref.oracle.protocol import half_dtypes_of, param_dtype_of, ranks_of
 from bnref.testing import condition_number, unit_roundoff
 
 __all__ = ["Fingerprint", "RunningConvention", "fingerprint", "PROBE_MOMENTUM"]
@@ -151,6 +151,8 @@ class Fingerprint:
     #: the numbers behind the half entries, for the JSON report
     half_raw: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: defects a probe saw (NaN/inf from finite input): they fail the run as a failed property does
+    findings: list[str] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str]]:
         """(item, finding) pairs in the order the report prints them."""
@@ -180,10 +182,11 @@ class Fingerprint:
         out["float32_offset_raw"] = self.float32_offset
         out["half_dtype"] = self.half_dtype
         out["half_raw"] = self.half_raw
+        out["findings"] = self.findings
         return out
 
 
-def _probe_eps(call, dtype, fp: Fingerprint, param=None) -> None:
+def _probe_eps(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
     x = _column([-1.0, 1.0, -1.0, 1.0], dtype)
     ones, zeros = np.ones(1, param or dtype), np.zeros(1, param or dtype)
     try:
@@ -209,7 +212,7 @@ def _probe_eps(call, dtype, fp: Fingerprint, param=None) -> None:
                     "m-1": "divides by m - 1 (unbiased), unlike the paper"}[divisor]
 
 
-def _probe_running(call, dtype, fp: Fingerprint, param=None) -> None:
+def _probe_running(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
     param = np.dtype(dtype if param is None else param)
     rtol = _rtol(param)
     x = _column(RUNNING_PROBE, dtype)
@@ -238,11 +241,11 @@ def _probe_running(call, dtype, fp: Fingerprint, param=None) -> None:
                                    direction(w_var), divisor, batch_mean, batch_var, rtol)
 
 
-def _probe_single_value(call, dtype, fp: Fingerprint, param=None) -> None:
+def _probe_single_value(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
     x = np.array([[0.5, -2.0, 7.0]], dtype=dtype)  # (1, 3): m = 1 in either layout
     gamma, beta = np.full(3, 1.5, param or dtype), np.array([0.25, -1.0, 2.0], param or dtype)
     try:
-        y = call("forward_train", x, gamma, beta, 1e-5).astype(np.float64)
+        y = call("forward_train", x, gamma, beta, 1e-5, finite=False).astype(np.float64)
     except CandidateError as exc:
         raised = str(exc).split(" raised ", 1)[-1].splitlines()[0][:120]
         # raising on m = 1 is a convention (the exception is the cause); a bad return or a timeout is not
@@ -269,7 +272,7 @@ def _normalized(call, x, param_dtype, eps: float = 1e-5):
     return y, reference.forward_train(x, gamma, beta, eps, 1)[0]
 
 
-def _probe_float32_offset(call, candidate, fp: Fingerprint) -> None:
+def _probe_float32_offset(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
     if "float32" not in tuple(candidate.dtypes):
         return
     rng = np.random.default_rng(1234)
@@ -290,7 +293,7 @@ def _probe_float32_offset(call, candidate, fp: Fingerprint) -> None:
     fp.float32_offset = worst
 
 
-def _probe_half(call, candidate, fp: Fingerprint) -> None:
+def _probe_half(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
     halves = half_dtypes_of(candidate)
     if not halves:
         return
@@ -412,6 +415,12 @@ def _probe_large_running_var(call, fp: Fingerprint) -> None:
         fp.large_running_var = f"wrong at {at}: relative error {error:.3g}"
 
 
+#: (name, probe, the method it needs beyond forward_train) in the order they run
+_PROBES = (("eps", _probe_eps, None), ("running statistics", _probe_running, "update_running"),
+           ("single value", _probe_single_value, None), ("float32 offset", _probe_float32_offset, None),
+           ("half precision", _probe_half, None))
+
+
 def fingerprint(candidate, dtype: str | None = None, *, guard: Guard | None = None) -> Fingerprint:
     """Probe ``candidate`` (in float64 when it supports it) and return its :class:`Fingerprint`.
 
@@ -424,15 +433,51 @@ def fingerprint(candidate, dtype: str | None = None, *, guard: Guard | None = No
     dtype = dtype or ("float64" if "float64" in dtypes else dtypes[0])
     fp = Fingerprint(dtype=dtype)
 
-    def call(method, *args):
-        return guard.call(candidate, method, *args)
+    lifted = _probe_shape(candidate)
 
+    def call(method, *args, finite=True):
+        """``candidate.method(*args)``, an ``(m, C)`` probe x (and arrays of its shape) lifted to a rank
+        the candidate takes and the results brought back to ``(m, C)``; a non-finite result of finite
+        input is recorded in ``fp.findings`` unless ``finite`` is False (m = 1, where 0/0 is a convention).
+        """
+        shape = np.shape(args[0])
+        if len(shape) == 2:
+            args = tuple(a.reshape(lifted(shape)) if isinstance(a, np.ndarray) and a.shape == shape else a
+                         for a in args)
+        out = guard.call(candidate, method, *args)
+        if len(shape) == 2:
+            back = lambda a: a.reshape(shape) if a.shape == lifted(shape) else a  # noqa: E731
+            out = tuple(back(a) for a in out) if isinstance(out, tuple) else back(out)
+        if finite and all(np.all(np.isfinite(np.asarray(a, np.float64))) for a in args
+                          if isinstance(a, np.ndarray)):
+            bad = [np.asarray(a) for a in (out if isinstance(out, tuple) else (out,))
+                   if not np.all(np.isfinite(np.asarray(a, np.float64)))]
+            if bad:
+                fp.findings.append(f"{method} returned NaN/inf for finite input of shape "
+                                   f"{np.shape(args[0])} ({_probe_names[-1]} probe)")
+        return out
+
+    _probe_names = [""]
     param = param_dtype_of(candidate, dtype)
     with np.errstate(all="ignore"):  # a candidate's NaN or inf is a finding, reported in the entry
-        _probe_eps(call, dtype, fp, param)
-        if callable(getattr(candidate, "update_running", None)):
-            _probe_running(call, dtype, fp, param)
-        _probe_single_value(call, dtype, fp, param)
-        _probe_float32_offset(call, candidate, fp)
-        _probe_half(call, candidate, fp)
+        for name, probe, needs in _PROBES:
+            if needs is None or callable(getattr(candidate, needs, None)):
+                _probe_names.append(name)
+                probe(call, candidate, dtype, fp, param)
     return fp
+
+
+def _probe_shape(candidate):
+    """``lifted(shape)``: the shape an ``(m, C)`` probe takes for ``candidate``: itself when the
+    candidate takes rank 2, else ``(m, C, 1, ...)`` (channels-first) or ``(m, 1, ..., C)``
+    (channels-last) of its smallest rank; the same values per channel either way.
+    """
+    ranks = ranks_of(candidate)
+    rank = 2 if 2 in ranks else min(ranks)
+
+    def lifted(shape):
+        m, c = shape
+        ones = (1,) * (rank - 2)
+        return (m, c, *ones) if candidate.channel_axis == 1 else (m, *ones, c)
+
+    return lifted

@@ -1,0 +1,36 @@
+"""The oracle on candidates where it once misled: a convention or a limitation reported as a defect,
+or a defect blamed on the wrong property. Each candidate is in tests/candidates/misleading.py.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from bnref.oracle import check, fingerprint
+from tests.candidates import misleading
+
+
+def test_fingerprint_probes_within_the_candidates_ranks_and_dtypes():
+    """A 4D-only, float32-only kernel gets every entry measured, none 'probe failed' or 'not supported'."""
+    rows = dict(fingerprint(misleading.FourDOnly()).rows())
+    assert rows["eps"].startswith("inside the square root"), rows
+    assert rows["normalizing variance"].startswith("divides by m (biased)"), rows
+    assert rows["running variance"].startswith("divides by m - 1"), rows
+    assert rows["single value per channel (training)"].startswith("a value: y = beta"), rows
+    assert rows["float32, offset data"].startswith("worst relative error"), rows
+
+
+def test_four_d_only_candidate_passes():
+    report = check(misleading.FourDOnly(), profile="quick")
+    assert report.ok, report.render()
+
+
+def test_nan_seen_only_by_the_fingerprint_fails_the_run():
+    report = check(misleading.NanOnLargeFloat32Mean(), profile="quick", properties=["forward"])
+    assert all(r.status == "pass" for r in report.results), report.render()
+    assert not report.ok
+    assert report.findings and "NaN" in report.findings[0]
+    assert "FAIL (fingerprint)" in report.render()
+    data = json.loads(report.to_json())
+    assert data["ok"] is False and data["fingerprint"]["findings"] == report.findings
