@@ -34,3 +34,19 @@ def test_nan_seen_only_by_the_fingerprint_fails_the_run():
     assert "FAIL (fingerprint)" in report.render()
     data = json.loads(report.to_json())
     assert data["ok"] is False and data["fingerprint"]["findings"] == report.findings
+
+
+def test_forward_only_candidate_is_checked_where_it_can_be():
+    """backward is optional: a forward-only runtime passes what it provides; the rest is 'not provided'."""
+    from bnref.oracle.protocol import validate
+
+    candidate = misleading.ForwardOnly()
+    validate(candidate)
+    report = check(candidate, profile="quick", dtypes=["float64"])
+    assert report.ok, report.render()
+    status = {r.property: r.status for r in report.results}
+    for prop in ("forward", "forward_eval", "batch_permutation", "strides", "inputs_unchanged", "shift_invariance"):
+        assert status[prop] == "pass", status
+    for prop in ("backward", "sum_dx_zero", "double_backward", "running_stats"):
+        assert status[prop] == "not provided", status
+    assert "not provided" in report.render()

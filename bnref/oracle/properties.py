@@ -42,7 +42,7 @@ import numpy as np
 
 from bnref import reference
 from bnref.oracle._guard import CandidateError, Guard
-from bnref.oracle.protocol import HALF_DTYPES, param_dtype_of
+from bnref.oracle.protocol import HALF_DTYPES, param_dtype_of, provides
 from bnref.dtypes import dtype_info, unit_roundoff
 from bnref.strategies import CONDITIONS, BNCase
 from bnref.testing import TOLERANCES, compare, condition_number, scales
@@ -370,20 +370,23 @@ def scale_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def _metamorphic(ctx: Context, case: BNCase, into, outof, what: str) -> list[Outcome]:
-    """Run forward and backward on (x, dy) and on (into(x), into(dy)); compare with outof of the first."""
+    """Run forward (and backward, where provided) on (x, dy) and on (into(x), into(dy)); compare with
+    outof of the first."""
     dy = _cotangents(ctx, case)[0]
     y = ctx.call("forward_train", *_args(ctx, case))
     y2 = ctx.call("forward_train", into(case.x), *_args(ctx, case)[1:])
-    dx = _result(ctx.call("backward", *_args(ctx, case), dy), 3)[0]
-    dx2 = _result(ctx.call("backward", into(case.x), *_args(ctx, case)[1:], into(dy)), 3)[0]
     s = _scales(case, dy)
     kappa = condition_number(case.x, case.channel_axis, case.eps)
-    return [_self_check("y", y2, outof(y), case, s["y"], f"y({what}) vs y(x)", kappa),
-            _self_check("dx", dx2, outof(dx), case, s["dx"], f"dx({what}) vs dx(x)", kappa)]
+    out = [_self_check("y", y2, outof(y), case, s["y"], f"y({what}) vs y(x)", kappa)]
+    if provides(ctx.candidate, "backward"):
+        dx = _result(ctx.call("backward", *_args(ctx, case), dy), 3)[0]
+        dx2 = _result(ctx.call("backward", into(case.x), *_args(ctx, case)[1:], into(dy)), 3)[0]
+        out.append(_self_check("dx", dx2, outof(dx), case, s["dx"], f"dx({what}) vs dx(x)", kappa))
+    return out
 
 
 def batch_permutation(ctx: Context, case: BNCase) -> list[Outcome]:
-    """Permuting the batch axis permutes y and dx the same way.
+    """Permuting the batch axis permutes y and dx (where backward is provided) the same way.
 
     The statistics pool the whole batch, whatever its order.
     """
@@ -460,7 +463,7 @@ def inputs_unchanged(ctx: Context, case: BNCase) -> list[Outcome]:
              "double_backward": (*_args(ctx, case), dy, ddx, ddgamma, ddbeta)}
     out = []
     for method, args in calls.items():
-        if not callable(getattr(ctx.candidate, method, None)):
+        if not provides(ctx.candidate, method):
             continue
         before = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
         ctx.call(method, *args)
@@ -474,7 +477,10 @@ def inputs_unchanged(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def strides(ctx: Context, case: BNCase) -> list[Outcome]:
-    """Strided, column-major x and dy give the results of C-contiguous ones (memory read as if C-contiguous)."""
+    """Strided, column-major x and dy give the results of C-contiguous ones (memory read as if C-contiguous).
+
+    y always; dx where backward is provided.
+    """
     def strided(a):
         # every other element of a column-major buffer: neither C- nor F-contiguous
         big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype, order="F")
@@ -557,7 +563,11 @@ def _sharded(kind: str):
 
 @dataclass(frozen=True)
 class Property:
-    """A named correctness property: ``body(ctx, case) -> [Outcome]`` over cases of ``conditions``."""
+    """A named correctness property: ``body(ctx, case) -> [Outcome]`` over cases of ``conditions``.
+
+    ``requires``: the methods without which it is "not provided"; a body calls any other
+    method only where the candidate provides it (:func:`~bnref.oracle.protocol.provides`).
+    """
 
     name: str
     body: Callable[[Context, BNCase], list]
@@ -581,12 +591,12 @@ PROPERTIES: tuple[Property, ...] = (
     Property("running_stats", running_stats, ("update_running",)),
     Property("shift_invariance", shift_invariance, conditions=("well", "constant", "minimal")),
     Property("scale_invariance", scale_invariance),
-    Property("batch_permutation", batch_permutation, ("forward_train", "backward")),
+    Property("batch_permutation", batch_permutation),
     Property("sum_dx_zero", sum_dx_zero, ("backward",)),
     Property("constant_channel", constant_channel, conditions=("constant",)),
     Property("eps_honoured", eps_honoured, conditions=("well", "tiny_spread", "minimal")),
     Property("inputs_unchanged", inputs_unchanged),
-    Property("strides", strides, ("forward_train", "backward")),
+    Property("strides", strides),
     Property("sharded_uneven", _sharded("uneven"), SHARDED),
     Property("sharded_degenerate", _sharded("degenerate"), SHARDED),
 )

@@ -12,10 +12,10 @@ Required::
     dtypes: tuple[str, ...]          # some of bnref.dtypes.NAMES, e.g. ("float32", "float64")
     channel_axis: int                # 1 or -1
     forward_train(x, gamma, beta, eps) -> y
-    backward(x, gamma, beta, eps, dy) -> (dx, dgamma, dbeta)
 
 Optional (the report says "not provided" where absent)::
 
+    backward(x, gamma, beta, eps, dy) -> (dx, dgamma, dbeta)   # absent in an inference runtime
     forward_eval(x, gamma, beta, running_mean, running_var, eps) -> y
     update_running(x, running_mean, running_var, momentum) -> (new_mean, new_var)
     double_backward(x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta) -> (gx, ggamma, gdy)
@@ -55,8 +55,8 @@ from bnref.dtypes import NAMES, unit_roundoff
 __all__ = ["Candidate", "OPTIONAL_METHODS", "REQUIRED_METHODS", "PARAM_DTYPES", "HALF_DTYPES", "provides",
            "validate", "version_of", "ranks_of", "param_dtype_of", "half_dtypes_of"]
 
-REQUIRED_METHODS = ("forward_train", "backward")
-OPTIONAL_METHODS = ("forward_eval", "update_running", "double_backward", "forward_train_sharded",
+REQUIRED_METHODS = ("forward_train",)
+OPTIONAL_METHODS = ("backward", "forward_eval", "update_running", "double_backward", "forward_train_sharded",
                     "backward_sharded")
 DEFAULT_RANKS = (2, 3, 4, 5)
 #: the values ``candidate.param_dtype`` may take (None: the parameters have x's dtype)
@@ -74,10 +74,6 @@ class Candidate(Protocol):
     channel_axis: int
 
     def forward_train(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
-        ...
-
-    def backward(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
-                 dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ...
 
 
