@@ -60,3 +60,23 @@ def test_a_forward_defect_is_not_blamed_on_the_metamorphic_properties():
     status = {r.property: r.status for r in report.results}
     assert status == {"forward": "FAIL", "strides": "pass", "batch_permutation": "pass",
                       "scale_invariance": "pass"}, report.render()
+
+
+def test_an_ignored_momentum_is_a_measured_convention():
+    """A hard-coded weight 0.1 looks like 'momentum=0.1 on the new value' at one probe; two tell them apart,
+    and running_stats checks the candidate in the fixed-weight convention instead of failing it."""
+    running = fingerprint(misleading.MomentumIgnored()).running
+    assert running.consistent and running.direction_mean == "fixed"
+    assert dict(fingerprint(misleading.MomentumIgnored()).rows())["momentum"].startswith(
+        "momentum ignored: fixed weight 0.1 on the new value")
+    convention = running.convention()
+    assert convention.momentum == "fixed" and convention.weight(0.9) == convention.weight(0.01)
+    assert abs(convention.weight(0.9) - 0.1) < 1e-12
+    report = check(misleading.MomentumIgnored(), profile="quick", properties=["running_stats"])
+    assert report.ok, report.render()
+
+
+def test_dropped_momentum_is_not_a_fixed_weight():
+    from tests.mutants import MomentumDropped
+
+    assert not fingerprint(MomentumDropped()).running.consistent

@@ -38,7 +38,7 @@ In a half dtype the candidate declares (float16 first), with its ``param_dtype``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -52,6 +52,8 @@ __all__ = ["Fingerprint", "RunningConvention", "fingerprint", "PROBE_MOMENTUM"]
 
 PROBE_EPS = 0.5
 PROBE_MOMENTUM = 0.1
+#: the second momentum of the running-statistics probe: a weight that does not change with it is fixed
+SECOND_PROBE_MOMENTUM = 0.3
 #: one channel of the running-statistics probe: mean 3, biased variance 4, unbiased 16/3
 RUNNING_PROBE = (1.0, 5.0, 1.0, 5.0)
 #: the running variance's divisor as measured -> as :class:`bnref.conventions.Convention` names it
@@ -102,12 +104,20 @@ class RunningConvention:
     batch_mean: float = 3.0    # the probe batch's mean
     batch_var: float = 4.0     # ... and its biased variance
     rtol: float = 1e-3         # how close to a hypothesis counts (wider for half running statistics)
+    second_momentum: float = math.nan   # the second momentum passed to the probe
+    second_weight_mean: float = math.nan  # w measured on the mean at second_momentum
+    second_weight_var: float = math.nan
 
     @property
     def consistent(self) -> bool:
         return (self.direction_mean is not None and self.direction_mean == self.direction_var
                 and self.var_divisor is not None
                 and abs(self.stat_mean - self.batch_mean) <= self.rtol * abs(self.batch_mean))
+
+    @property
+    def fixed_weight(self) -> float | None:
+        """The weight on the new value when the momentum is ignored ("fixed" form), else None."""
+        return self.weight_mean if self.direction_mean == "fixed" else None
 
     def convention(self) -> Convention | None:
         """The running-statistics convention measured (momentum form, running variance); None if inconsistent.
@@ -117,7 +127,8 @@ class RunningConvention:
         """
         if not self.consistent:
             return None
-        return Convention("measured", running_var=RUNNING_VARIANCE[self.var_divisor], momentum=self.direction_mean)
+        return Convention("measured", running_var=RUNNING_VARIANCE[self.var_divisor], momentum=self.direction_mean,
+                          fixed_weight=self.fixed_weight)
 
     def describe(self) -> str:
         if not self.consistent:
@@ -126,6 +137,9 @@ class RunningConvention:
                     f"is {self.weight_mean:.4g} for the mean and {self.weight_var:.4g} for the variance; the "
                     f"mean moves toward {self.stat_mean:.4g} (batch mean {self.batch_mean:.4g}), the variance "
                     f"toward {self.stat_var:.4g} (biased {self.batch_var:.4g}, unbiased {unbiased:.4g})")
+        if self.direction_mean == "fixed":
+            return (f"momentum ignored: fixed weight {self.weight_mean:.4g} on the new value (the same at "
+                    f"momentum={self.momentum:g} and {self.second_momentum:g}), same for mean and variance")
         on = "new" if self.direction_mean == "new" else "old"
         return (f"momentum={self.momentum:g} weighs the {on} value (weight {self.weight_mean:.4g} on the new "
                 f"batch statistic), same for mean and variance")
@@ -221,24 +235,38 @@ def _probe_running(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
     # none of 1/sqrt(var), sqrt(var) or 1 is close to the batch's mean and variances
     olds = (1.0, 5.0)
     try:
-        news = [call("update_running", x, np.full(1, r, param), np.full(1, r, param), PROBE_MOMENTUM) for r in olds]
+        news = {momentum: [call("update_running", x, np.full(1, r, param), np.full(1, r, param), momentum)
+                           for r in olds] for momentum in (PROBE_MOMENTUM, SECOND_PROBE_MOMENTUM)}
     except CandidateError as exc:
         fp.running_note = f"probe failed: {exc}"
         return
 
-    def solve(k):
-        a, b = (float(n[k].astype(np.float64)[0]) for n in news)
+    def solve(momentum, k):
+        a, b = (float(n[k].astype(np.float64)[0]) for n in news[momentum])
         keep = (b - a) / (olds[1] - olds[0])          # 1 - w
         w = 1.0 - keep
         stat = (a - keep * olds[0]) / w if abs(w) > 1e-12 else math.nan
         return w, stat
 
-    (w_mean, s_mean), (w_var, s_var) = solve(0), solve(1)
-    direction = lambda w: _closest(w, {"new": PROBE_MOMENTUM, "old": 1 - PROBE_MOMENTUM}, rtol)  # noqa: E731
+    (w_mean, s_mean), (w_var, s_var) = solve(PROBE_MOMENTUM, 0), solve(PROBE_MOMENTUM, 1)
+    w2_mean, w2_var = solve(SECOND_PROBE_MOMENTUM, 0)[0], solve(SECOND_PROBE_MOMENTUM, 1)[0]
+
+    def direction(w, w2):
+        """new / old when both momenta fit it; fixed when the weight (> 0) ignores the momentum."""
+        forms = {"new": lambda m: m, "old": lambda m: 1 - m}
+        for form, weight in forms.items():
+            if _closest(w, {form: weight(PROBE_MOMENTUM)}, rtol) and _closest(w2, {form: weight(SECOND_PROBE_MOMENTUM)},
+                                                                               rtol):
+                return form
+        return "fixed" if w > rtol and math.isfinite(w) and _closest(w2, {"fixed": w}, rtol) else None
+
     divisor = (_closest(s_var, {"m": batch_var, "m-1": batch_var * count / (count - 1)}, rtol)
                if math.isfinite(s_var) else None)
-    fp.running = RunningConvention(PROBE_MOMENTUM, w_mean, w_var, s_mean, s_var, count, direction(w_mean),
-                                   direction(w_var), divisor, batch_mean, batch_var, rtol)
+    fp.running = RunningConvention(PROBE_MOMENTUM, w_mean, w_var, s_mean, s_var, count, direction(w_mean, w2_mean),
+                                   direction(w_var, w2_var), divisor, batch_mean, batch_var, rtol,
+                                   SECOND_PROBE_MOMENTUM, w2_mean, w2_var)
+    if fp.running.direction_mean == fp.running.direction_var == "fixed" and abs(w_mean - w_var) > rtol * w_mean:
+        fp.running = replace(fp.running, direction_var=None)
 
 
 def _probe_single_value(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
