@@ -80,3 +80,14 @@ def test_dropped_momentum_is_not_a_fixed_weight():
     from tests.mutants import MomentumDropped
 
     assert not fingerprint(MomentumDropped()).running.consistent
+
+
+def test_eps_and_momentum_held_in_float32_are_a_convention_not_an_accuracy_failure():
+    rows = dict(fingerprint(misleading.EpsInFloat32()).rows())
+    assert rows["eps stored as"].startswith("float32"), rows
+    assert rows["momentum stored as"].startswith("float32"), rows
+    clean = dict(fingerprint(misleading.MomentumIgnored()).rows())
+    assert clean["eps stored as"] == "float64 (as given)", clean
+    report = check(misleading.EpsInFloat32(), profile="quick", dtypes=["float64"],
+                   properties=["forward", "backward", "forward_eval", "double_backward", "running_stats"])
+    assert report.ok, report.render()

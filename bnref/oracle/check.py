@@ -144,7 +144,7 @@ TIMEOUT = "timeout"
 def _evaluate(prop, ctx: Context, case) -> list[Outcome]:
     try:
         with np.errstate(all="ignore"):  # a candidate's NaNs are findings, reported by the comparison
-            return prop.body(ctx, case)
+            return prop.body(ctx, ctx.as_used(case))
     except CallTimedOut as exc:
         return [Outcome(TIMEOUT, False, math.inf, str(exc))]
     except CandidateError as exc:

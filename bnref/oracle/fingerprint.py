@@ -165,8 +165,21 @@ class Fingerprint:
     #: the numbers behind the half entries, for the JSON report
     half_raw: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: how eps and momentum are held, measured in float64: "float64" (as given), "float32", or a note
+    eps_stored: str = "not measured (needs float64)"
+    momentum_stored: str = "not measured (needs float64 and update_running)"
     #: defects a probe saw (NaN/inf from finite input): they fail the run as a failed property does
     findings: list[str] = field(default_factory=list)
+
+    @property
+    def eps_float32(self) -> bool:
+        """eps is rounded to float32 before use (ONNX, Paddle, MXNet, tf_keras attributes)."""
+        return self.eps_stored.startswith("float32")
+
+    @property
+    def momentum_float32(self) -> bool:
+        """momentum is rounded to float32 before use."""
+        return self.momentum_stored.startswith("float32")
 
     def rows(self) -> list[tuple[str, str]]:
         """(item, finding) pairs in the order the report prints them."""
@@ -183,7 +196,9 @@ class Fingerprint:
                    f"(kappa {o['kappa']:.3g}; u32*kappa = {o['u32_kappa']:.3g})")
         half = f" ({self.half_dtype})" if self.half_dtype else ""
         return [("eps", self.eps), ("normalizing variance", self.normalize), ("running variance", running_var),
-                ("momentum", momentum), ("single value per channel (training)", self.single_value),
+                ("momentum", momentum), ("eps stored as", self.eps_stored),
+                ("momentum stored as", self.momentum_stored),
+                ("single value per channel (training)", self.single_value),
                 ("float32, offset data", f32), (f"statistics accumulated in{half}", self.accumulation),
                 (f"output rounded once{half}", self.rounding),
                 ("float32 running_var above float16's range", self.large_running_var)]
@@ -443,9 +458,50 @@ def _probe_large_running_var(call, fp: Fingerprint) -> None:
         fp.large_running_var = f"wrong at {at}: relative error {error:.3g}"
 
 
+#: an eps and a momentum that float32 does not hold: float32(0.1) = 0.1 + 1.5e-9
+STORAGE_PROBE = 0.1
+
+
+def _stored_as(value: float, exact: float, as_float32: float, what: str) -> str:
+    """Which of ``exact`` (the given hyperparameter used as is) and ``as_float32`` ``value`` matches."""
+    err64, err32 = abs(value - exact), abs(value - as_float32)
+    if err32 < err64 / 4:
+        return f"float32: {what} matches {STORAGE_PROBE} rounded to float32 (off by {err32:.2g}, {err64:.2g} from " \
+               f"the exact value)"
+    if err64 < err32 / 4:
+        return "float64 (as given)"
+    return f"unrecognized: {what} off by {err64:.2g} from the exact value, {err32:.2g} from float32"
+
+
+def _probe_storage(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
+    """eps (and momentum, from the running probe's weights) held in float32, seen in float64 results."""
+    if np.dtype(dtype) != np.float64:
+        return
+    x = _column([-1.0, 1.0, -1.0, 1.0], dtype)
+    ones, zeros = np.ones(1, dtype), np.zeros(1, dtype)
+    try:
+        y = call("forward_train", x, ones, zeros, STORAGE_PROBE).astype(np.float64)
+    except CandidateError as exc:
+        fp.eps_stored = f"probe failed: {exc}"
+    else:
+        ref = lambda eps: reference.forward_train(x, ones, zeros, eps, 1)[0]  # noqa: E731
+        fp.eps_stored = _stored_as(float(y[0, 0]), float(ref(STORAGE_PROBE)[0, 0]),
+                                   float(ref(float(np.float32(STORAGE_PROBE)))[0, 0]), "y at eps = 0.1")
+    running = fp.running
+    if running is None or not running.consistent or running.direction_mean == "fixed":
+        fp.momentum_stored = "not measured (no consistent running convention that uses momentum)"
+        return
+    weight = running.convention().weight
+    m32 = float(np.float32(running.momentum))
+    fp.momentum_stored = _stored_as(running.weight_mean, weight(running.momentum),
+                                    min((weight(m32), float(np.float32(weight(m32)))),
+                                        key=lambda w: abs(w - running.weight_mean)),
+                                    f"the weight at momentum = {running.momentum:g}")
+
+
 #: (name, probe, the method it needs beyond forward_train) in the order they run
 _PROBES = (("eps", _probe_eps, None), ("running statistics", _probe_running, "update_running"),
-           ("single value", _probe_single_value, None), ("float32 offset", _probe_float32_offset, None),
+           ("hyperparameter storage", _probe_storage, None), ("single value", _probe_single_value, None), ("float32 offset", _probe_float32_offset, None),
            ("half precision", _probe_half, None))
 
 
