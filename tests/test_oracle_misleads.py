@@ -91,3 +91,12 @@ def test_eps_and_momentum_held_in_float32_are_a_convention_not_an_accuracy_failu
     report = check(misleading.EpsInFloat32(), profile="quick", dtypes=["float64"],
                    properties=["forward", "backward", "forward_eval", "double_backward", "running_stats"])
     assert report.ok, report.render()
+
+
+def test_float64_computed_in_float32_is_a_convention_checked_at_float32_precision():
+    rows = dict(fingerprint(misleading.Float64InFloat32()).rows())
+    assert rows["float64 computed in"].startswith("float32: float64 input computed in float32"), rows
+    assert dict(fingerprint(misleading.MomentumIgnored()).rows())["float64 computed in"].startswith("float64: ")
+    report = check(misleading.Float64InFloat32(), profile="quick", dtypes=["float64"],
+                   properties=["forward", "backward", "sum_dx_zero", "shift_invariance", "batch_permutation"])
+    assert report.ok, report.render()

@@ -168,6 +168,8 @@ class Fingerprint:
     #: how eps and momentum are held, measured in float64: "float64" (as given), "float32", or a note
     eps_stored: str = "not measured (needs float64)"
     momentum_stored: str = "not measured (needs float64 and update_running)"
+    #: whether float64 input is computed in float64: "float64", "float32: ..." or a note
+    float64_precision: str = "float64 not supported"
     #: defects a probe saw (NaN/inf from finite input): they fail the run as a failed property does
     findings: list[str] = field(default_factory=list)
 
@@ -175,6 +177,11 @@ class Fingerprint:
     def eps_float32(self) -> bool:
         """eps is rounded to float32 before use (ONNX, Paddle, MXNet, tf_keras attributes)."""
         return self.eps_stored.startswith("float32")
+
+    @property
+    def float64_in_float32(self) -> bool:
+        """float64 input is computed in float32 (Keras' result_type(x, "float32"))."""
+        return self.float64_precision.startswith("float32")
 
     @property
     def momentum_float32(self) -> bool:
@@ -199,7 +206,7 @@ class Fingerprint:
                 ("momentum", momentum), ("eps stored as", self.eps_stored),
                 ("momentum stored as", self.momentum_stored),
                 ("single value per channel (training)", self.single_value),
-                ("float32, offset data", f32), (f"statistics accumulated in{half}", self.accumulation),
+                ("float32, offset data", f32), ("float64 computed in", self.float64_precision), (f"statistics accumulated in{half}", self.accumulation),
                 (f"output rounded once{half}", self.rounding),
                 ("float32 running_var above float16's range", self.large_running_var)]
 
@@ -499,9 +506,32 @@ def _probe_storage(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
                                     f"the weight at momentum = {running.momentum:g}")
 
 
+#: (values, mean, std) of the float64 precision probe: x rounded to float32 moves y by u32 * 100 ~ 6e-6
+FLOAT64_PROBE = (64, 1.0, 1e-2)
+
+
+def _probe_float64_precision(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
+    """float64 data whose float32 computation loses visibly: kappa = 100, so float32 costs ~1e-5 of y."""
+    if "float64" not in tuple(candidate.dtypes):
+        return
+    m, mean, std = FLOAT64_PROBE
+    x = mean + std * np.random.default_rng(5678).standard_normal((m, 2))
+    try:
+        y, y_ref = _normalized(call, x, np.float64)
+    except CandidateError as exc:
+        fp.float64_precision = f"probe failed: {exc}"
+        return
+    error = float(np.max(np.abs(y - y_ref))) / float(np.max(np.abs(y_ref)))
+    u32_kappa = unit_roundoff(np.float32) * condition_number(x, 1, 1e-5)
+    where = f"relative error of y {error:.3g} at mean {mean:g}, std {std:g} (u32*kappa = {u32_kappa:.3g})"
+    fp.float64_precision = ("float32: float64 input computed in float32, " + where if error > 0.01 * u32_kappa
+                            else "float64: " + where)
+
+
 #: (name, probe, the method it needs beyond forward_train) in the order they run
 _PROBES = (("eps", _probe_eps, None), ("running statistics", _probe_running, "update_running"),
            ("hyperparameter storage", _probe_storage, None), ("single value", _probe_single_value, None), ("float32 offset", _probe_float32_offset, None),
+           ("float64 precision", _probe_float64_precision, None),
            ("half precision", _probe_half, None))
 
 

@@ -84,15 +84,18 @@ def working_dtype(dtype) -> np.dtype:
 
 
 def candidate_tolerance(quantity: str, dtype, *, kappa: float, m: int, gross_only: bool = False,
-                        out_dtype=None) -> float:
+                        out_dtype=None, work_dtype=None) -> float:
     """Relative tolerance ``min(a u_out + b u_work kappa sqrt(m), GROSS)`` (see the module docstring).
 
-    ``dtype`` is x's; ``out_dtype`` the output's when it differs (float32 parameters of a half candidate).
+    ``dtype`` is x's; ``out_dtype`` the output's when it differs (float32 parameters of a half candidate);
+    ``work_dtype`` the precision the candidate computes in when it is known to be narrower than
+    :func:`working_dtype` (float64 computed in float32, measured by the fingerprint).
     """
     if gross_only:
         return GROSS
     t = TOLERANCES[quantity]
-    u_out, u_work = unit_roundoff(out_dtype if out_dtype is not None else dtype), unit_roundoff(working_dtype(dtype))
+    work = working_dtype(dtype) if work_dtype is None else np.dtype(work_dtype)
+    u_out, u_work = unit_roundoff(out_dtype if out_dtype is not None else dtype), unit_roundoff(work)
     return min(GROSS, t.a * u_out + t.b * u_work * max(1.0, kappa) * math.sqrt(max(m, 1)))
 
 
@@ -112,6 +115,13 @@ class Context:
         if self.fingerprint is not None and self.fingerprint.eps_float32:
             return replace(case, eps=float(np.float32(case.eps)))
         return case
+
+    def work_dtype(self, case: BNCase):
+        """float32 for float64 x where the fingerprint found float64 computed in float32 (a convention,
+        reported there); None (the default working precision) otherwise."""
+        if case.x.dtype == np.float64 and self.fingerprint is not None and self.fingerprint.float64_in_float32:
+            return np.dtype(np.float32)
+        return None
 
     def param_dtype(self, case: BNCase) -> np.dtype:
         """The dtype the candidate takes its parameters and running statistics in, for ``case``."""
@@ -148,11 +158,12 @@ def _gross_only(case: BNCase) -> bool:
 
 
 def _check(quantity: str, actual, expected, case: BNCase, scale: float, *, label: str | None = None,
-           kappa: float | None = None, dtype=None, slack: float = 0.0) -> Outcome:
+           kappa: float | None = None, dtype=None, slack: float = 0.0, work=None) -> Outcome:
     """Compare one output of the candidate with its expected value, dtype and shape included.
 
     ``dtype``: the output's expected dtype (default x's); ``slack``: a relative error the
-    comparison itself brings, added to the tolerance.
+    comparison itself brings, added to the tolerance; ``work``: the candidate's working precision
+    (:meth:`Context.work_dtype`).
     """
     actual = np.asarray(actual)
     label = label or quantity
@@ -164,7 +175,7 @@ def _check(quantity: str, actual, expected, case: BNCase, scale: float, *, label
     kappa = condition_number(case.x, case.channel_axis, case.eps) if kappa is None else kappa
     result = compare(quantity, actual, expected, dtype=dtype, kappa=kappa, m=case.count, scale=scale)
     tol = candidate_tolerance(quantity, case.x.dtype, kappa=kappa, m=case.count, gross_only=_gross_only(case),
-                              out_dtype=dtype)
+                              out_dtype=dtype, work_dtype=work)
     # below the smallest normal value a rounding costs up to half the smallest subnormal, whatever the value
     underflow = TOLERANCES[quantity].a * float(ml_dtypes.finfo(dtype).smallest_subnormal) / 2 / scale
     return Outcome.of(replace(result, tolerance=tol + slack + underflow, quantity=label))
@@ -179,7 +190,7 @@ def _check_all(ctx: Context, names, actuals, expecteds, case, scale: dict, prefi
     if not isinstance(actuals, (tuple, list)) or len(actuals) != len(names):
         raise CandidateError(f"expected a tuple ({', '.join(names)}); got {type(actuals).__name__}")
     return [_check(n, a, e, case, scale[n], label=prefix + n + suffix,
-                   dtype=ctx.param_dtype(case) if n in PARAM_QUANTITIES else None)
+                   dtype=ctx.param_dtype(case) if n in PARAM_QUANTITIES else None, work=ctx.work_dtype(case))
             for n, a, e in zip(names, actuals, expecteds)]
 
 
@@ -205,7 +216,7 @@ def forward(ctx: Context, case: BNCase) -> list[Outcome]:
     """y = forward_train(x) agrees with the reference."""
     y = ctx.call("forward_train", *_args(ctx, case))
     y_ref = reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
-    return [_check("y", y, y_ref, case, _scales(case)["y"])]
+    return [_check("y", y, y_ref, case, _scales(case)["y"], work=ctx.work_dtype(case))]
 
 
 def backward(ctx: Context, case: BNCase) -> list[Outcome]:
@@ -279,7 +290,7 @@ def _eval_check(ctx: Context, case: BNCase, x, running_mean, running_var, label:
     kappa = float(np.max(np.abs(x64) * case.axes.broadcast(invstd), initial=1.0))
     scale = float(np.max(np.abs(case.gamma))) * max(1.0, float(np.max(np.abs(xhat), initial=0))) \
         + float(np.max(np.abs(case.beta)))
-    return _check("y", y, y_ref, case, scale, kappa=kappa, label=label)
+    return _check("y", y, y_ref, case, scale, kappa=kappa, label=label, work=ctx.work_dtype(case))
 
 
 def _eval_args(ctx: Context, case: BNCase, running_mean, running_var):
@@ -325,15 +336,15 @@ def running_stats(ctx: Context, case: BNCase) -> list[Outcome]:
     # fingerprint as a convention)
     slack = 2 * unit_roundoff(np.float32) if ctx.fingerprint.momentum_float32 else 0.0
     return [_check("mean", new_mean, expected_mean, case, size(old_mean, mean), label="running_mean", kappa=kappa,
-                   dtype=dtype, slack=slack),
+                   dtype=dtype, slack=slack, work=ctx.work_dtype(case)),
             _check("var", new_var, expected_var, case, size(old_var, var * case.count / max(case.count - 1, 1)),
-                   label="running_var", kappa=kappa, dtype=dtype, slack=slack)]
+                   label="running_var", kappa=kappa, dtype=dtype, slack=slack, work=ctx.work_dtype(case))]
 
 
 # --------------------------------------------------------------------------- invariants
 
-def _self_check(quantity, actual, expected, reference_value, case: BNCase, scale: float, label: str, kappa: float,
-                slack: float = 0.0) -> Outcome:
+def _self_check(ctx: Context, quantity, actual, expected, reference_value, case: BNCase, scale: float, label: str,
+                kappa: float, slack: float = 0.0) -> Outcome:
     """Compare two outputs of the candidate itself (a metamorphic relation).
 
     ``expected`` is the candidate's own result on the untransformed input, ``reference_value``
@@ -342,13 +353,15 @@ def _self_check(quantity, actual, expected, reference_value, case: BNCase, scale
     otherwise the two results may differ by the tolerance plus ``expected``'s own error, since
     each may lie within the tolerance of the reference on opposite sides.
     """
-    own = _check(quantity, expected, reference_value, case, scale, kappa=kappa)
+    work = ctx.work_dtype(case)
+    own = _check(quantity, expected, reference_value, case, scale, kappa=kappa, work=work)
     if not own.ok:
         return Outcome(label, True, 0.0, f"{label}: not compared: {quantity} of the untransformed input "
                                          f"already disagrees with the reference (its own property's finding)")
     expected = np.asarray(expected, dtype=np.float64)
     own_error = float(np.max(np.abs(expected - np.asarray(reference_value, np.float64)), initial=0.0)) / scale
-    return _check(quantity, actual, expected, case, scale, label=label, kappa=kappa, slack=slack + own_error)
+    return _check(quantity, actual, expected, case, scale, label=label, kappa=kappa, slack=slack + own_error,
+                  work=work)
 
 
 def shift_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
@@ -370,7 +383,7 @@ def shift_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
                           - reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]),
                    initial=0.0)
     y_ref = reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
-    return [_self_check("y", y_shifted, y, y_ref, case, scale, "y(x + c) vs y(x)", kappa,
+    return [_self_check(ctx, "y", y_shifted, y, y_ref, case, scale, "y(x + c) vs y(x)", kappa,
                         slack=float(moved) / scale)]
 
 
@@ -392,7 +405,7 @@ def scale_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
     y_scaled = ctx.call("forward_train", (case.x * a).astype(case.x.dtype), *ctx.params(case), case.eps * a * a)
     kappa = condition_number(case.x, case.channel_axis, case.eps)
     y_ref = reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
-    return [_self_check("y", y_scaled, y, y_ref, case, _scales(case)["y"], f"y_(eps a^2)(a x) vs y(x), a={a:g}",
+    return [_self_check(ctx, "y", y_scaled, y, y_ref, case, _scales(case)["y"], f"y_(eps a^2)(a x) vs y(x), a={a:g}",
                         kappa)]
 
 
@@ -405,12 +418,12 @@ def _metamorphic(ctx: Context, case: BNCase, into, outof, what: str) -> list[Out
     s = _scales(case, dy)
     kappa = condition_number(case.x, case.channel_axis, case.eps)
     y_ref = reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
-    out = [_self_check("y", y2, outof(y), outof(y_ref), case, s["y"], f"y({what}) vs y(x)", kappa)]
+    out = [_self_check(ctx, "y", y2, outof(y), outof(y_ref), case, s["y"], f"y({what}) vs y(x)", kappa)]
     if provides(ctx.candidate, "backward"):
         dx = _result(ctx.call("backward", *_args(ctx, case), dy), 3)[0]
         dx2 = _result(ctx.call("backward", into(case.x), *_args(ctx, case)[1:], into(dy)), 3)[0]
         dx_ref = reference.backward(dy, case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
-        out.append(_self_check("dx", dx2, outof(dx), outof(dx_ref), case, s["dx"], f"dx({what}) vs dx(x)", kappa))
+        out.append(_self_check(ctx, "dx", dx2, outof(dx), outof(dx_ref), case, s["dx"], f"dx({what}) vs dx(x)", kappa))
     return out
 
 
@@ -442,7 +455,8 @@ def sum_dx_zero(ctx: Context, case: BNCase) -> list[Outcome]:
         raise CandidateError(f"backward returned dx of shape {dx.shape}, expected {case.x.shape}")
     total = dx.astype(np.float64).sum(axis=case.axes.reduce).astype(dx.dtype)  # keeps dx's dtype for _check
     scale = _scales(case, dy)["dx"] * case.count
-    return [_check("dx", total, np.zeros(case.channels), case, scale, label="sum(dx) per channel")]
+    return [_check("dx", total, np.zeros(case.channels), case, scale, label="sum(dx) per channel",
+                   work=ctx.work_dtype(case))]
 
 
 def constant_channel(ctx: Context, case: BNCase) -> list[Outcome]:
@@ -458,7 +472,8 @@ def constant_channel(ctx: Context, case: BNCase) -> list[Outcome]:
     if y.shape != case.x.shape:
         raise CandidateError(f"forward_train returned shape {y.shape}, expected {case.x.shape}")
     masked = np.where(mask, y, expected.astype(case.x.dtype)) if y.dtype == case.x.dtype else y
-    return [_check("y", masked, expected, case, _scales(case)["y"], label="y on constant channels")]
+    return [_check("y", masked, expected, case, _scales(case)["y"], label="y on constant channels",
+                   work=ctx.work_dtype(case))]
 
 
 #: non-standard eps values: a wrong or hard-coded eps cannot agree with these (Theano's test trick)
@@ -475,7 +490,8 @@ def eps_honoured(ctx: Context, case: BNCase) -> list[Outcome]:
         probe = replace(case, eps=eps)
         y = ctx.call("forward_train", case.x, *ctx.params(case), eps)
         y_ref = reference.forward_train(case.x, case.gamma, case.beta, eps, case.channel_axis)[0]
-        out.append(_check("y", y, y_ref, probe, _scales(probe)["y"], label=f"y at eps={eps:g}"))
+        out.append(_check("y", y, y_ref, probe, _scales(probe)["y"], label=f"y at eps={eps:g}",
+                          work=ctx.work_dtype(case)))
     return out
 
 
