@@ -100,3 +100,20 @@ def test_float64_computed_in_float32_is_a_convention_checked_at_float32_precisio
     report = check(misleading.Float64InFloat32(), profile="quick", dtypes=["float64"],
                    properties=["forward", "backward", "sum_dx_zero", "shift_invariance", "batch_permutation"])
     assert report.ok, report.render()
+
+
+def test_replay_line_sets_the_environment_the_candidate_declares():
+    report = check(misleading.DeclaresEnvironment(), profile="quick", dtypes=["float64"], properties=["forward"])
+    replay = report.result("forward", "float64").replay
+    assert replay.startswith("MY_BACKEND=numpy python -c "), replay
+
+
+def test_keras_adapters_declare_their_backend():
+    """The class, not an instance: building one needs Keras."""
+    import importlib
+
+    from bnref.adapters import ADAPTERS
+
+    for name in ("keras", "keras-mixed-bf16"):
+        module, cls = ADAPTERS[name].split(":")
+        assert getattr(importlib.import_module(module), cls).environment == {"KERAS_BACKEND": "jax"}

@@ -25,6 +25,7 @@ Optional (the report says "not provided" where absent)::
     version: str                     # printed in the report header
     ranks: tuple[int, ...]           # the ranks of x it accepts (default 2..5)
     param_dtype: str | None          # None (default): parameters in x's dtype; "float32": see below
+    environment: dict[str, str]      # environment variables it needs (KERAS_BACKEND=jax): replay lines set them
 
 ``param_dtype`` says in which dtype a half-precision candidate (x in float16 or
 bfloat16) takes and returns its parameters: ``None`` (or absent) -- in x's dtype;
@@ -52,7 +53,7 @@ import numpy as np
 
 from bnref.dtypes import NAMES, unit_roundoff
 
-__all__ = ["Candidate", "OPTIONAL_METHODS", "REQUIRED_METHODS", "PARAM_DTYPES", "HALF_DTYPES", "provides",
+__all__ = ["Candidate", "environment_of", "OPTIONAL_METHODS", "REQUIRED_METHODS", "PARAM_DTYPES", "HALF_DTYPES", "provides",
            "validate", "version_of", "ranks_of", "param_dtype_of", "half_dtypes_of"]
 
 REQUIRED_METHODS = ("forward_train",)
@@ -88,6 +89,11 @@ def version_of(candidate) -> str:
 
 def ranks_of(candidate) -> tuple[int, ...]:
     return tuple(getattr(candidate, "ranks", None) or DEFAULT_RANKS)
+
+
+def environment_of(candidate) -> dict[str, str]:
+    """The environment variables the candidate declares it needs (``candidate.environment``; default none)."""
+    return {str(k): str(v) for k, v in (getattr(candidate, "environment", None) or {}).items()}
 
 
 def param_dtype_of(candidate, dtype) -> np.dtype:
