@@ -14,9 +14,20 @@ inputs whose answer under each convention is known in closed form:
   uses: ``new_k = (1 - w) r_k + w s``. ``w = momentum`` is the PyTorch convention
   (new-weighted), ``w = 1 - momentum`` the Flax/Keras one (old-weighted); ``s``
   for the variance is the biased (m) or the unbiased (m - 1) batch variance.
+  Two momenta (0.1 and 0.3) tell a weight that follows the momentum from one that
+  ignores it (the "fixed" form: a hard-coded weight on the new value).
+* **Hyperparameters held in float32** (float64 only): y at ``eps = 0.1``, which float32
+  does not hold, against the reference at eps and at float32(eps); the running probe's
+  weight against the momentum and its float32 rounding.
 * **A single value per channel** in training: an error, NaN, or a value.
 * **float32 on offset data**: the worst relative error of ``y`` on data with
   mean up to 1e4 and std down to 1e-2, next to ``u32 * kappa``.
+* **float64 computed in**: float64 data of mean 1 and std 0.01 (kappa ~ 100), where a
+  float32 computation loses ~1e-5 of ``y``.
+
+Every probe's ``(m, C)`` input is handed over in a rank the candidate declares
+(``(m, C, 1, 1)`` or ``(m, 1, 1, C)``); NaN or inf from finite input (the single value
+aside) is a defect, recorded in :attr:`Fingerprint.findings`, which fails the run.
 
 In a half dtype the candidate declares (float16 first), with its ``param_dtype``:
 
