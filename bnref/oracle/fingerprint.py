@@ -217,7 +217,8 @@ class Fingerprint:
                 ("momentum", momentum), ("eps stored as", self.eps_stored),
                 ("momentum stored as", self.momentum_stored),
                 ("single value per channel (training)", self.single_value),
-                ("float32, offset data", f32), ("float64 computed in", self.float64_precision), (f"statistics accumulated in{half}", self.accumulation),
+                ("float32, offset data", f32), ("float64 computed in", self.float64_precision),
+                (f"statistics accumulated in{half}", self.accumulation),
                 (f"output rounded once{half}", self.rounding),
                 ("float32 running_var above float16's range", self.large_running_var)]
 
@@ -541,7 +542,8 @@ def _probe_float64_precision(call, candidate, dtype, fp: Fingerprint, param=None
 
 #: (name, probe, the method it needs beyond forward_train) in the order they run
 _PROBES = (("eps", _probe_eps, None), ("running statistics", _probe_running, "update_running"),
-           ("hyperparameter storage", _probe_storage, None), ("single value", _probe_single_value, None), ("float32 offset", _probe_float32_offset, None),
+           ("hyperparameter storage", _probe_storage, None), ("single value", _probe_single_value, None),
+           ("float32 offset", _probe_float32_offset, None),
            ("float64 precision", _probe_float64_precision, None),
            ("half precision", _probe_half, None))
 

@@ -53,8 +53,8 @@ import numpy as np
 
 from bnref.dtypes import NAMES, unit_roundoff
 
-__all__ = ["Candidate", "environment_of", "OPTIONAL_METHODS", "REQUIRED_METHODS", "PARAM_DTYPES", "HALF_DTYPES", "provides",
-           "validate", "version_of", "ranks_of", "param_dtype_of", "half_dtypes_of"]
+__all__ = ["Candidate", "environment_of", "OPTIONAL_METHODS", "REQUIRED_METHODS", "PARAM_DTYPES", "HALF_DTYPES",
+           "provides", "validate", "version_of", "ranks_of", "param_dtype_of", "half_dtypes_of"]
 
 REQUIRED_METHODS = ("forward_train",)
 OPTIONAL_METHODS = ("backward", "forward_eval", "update_running", "double_backward", "forward_train_sharded",

@@ -543,5 +543,5 @@ MUTANTS = (NaiveVariance, NormalizeUnbiased, StatsOverWrongAxes, ChannelsLastSta
            EpsOutsideSqrt, HardcodedEps, NanOnConstantChannel, DxMissingMeanTerm, DxMissingVarianceTerm,
            HalfVarianceTerm, DgammaWithX, DbetaMean, DoubleBackwardMissingTerm, EvalUsesBatchStats,
            EvalMissingEps, InconsistentMomentum, MomentumDropped, RunningVarStoresInvstd, MutatesInput,
-           IgnoresStrides, OrderBlindCache, AverageOfShardStatistics, ShardUnbiasedVariance, LocalCountRunning, HalfAccumulation,
-           HalfNaiveVariance, ParamsDowncastToHalf, RunningStatsInBfloat16, HalfBackward, EpsFlushedInHalf)
+           IgnoresStrides, OrderBlindCache, AverageOfShardStatistics, ShardUnbiasedVariance, LocalCountRunning,
+           HalfAccumulation, HalfNaiveVariance, ParamsDowncastToHalf, RunningStatsInBfloat16, HalfBackward, EpsFlushedInHalf)
