@@ -47,6 +47,9 @@ class Convention:
             the batch statistic.
         default_momentum, default_eps: the framework's defaults, in its own momentum form.
         fixed_weight: the weight on the batch statistic of the ``"fixed"`` form, in (0, 1].
+        debiased: the running statistics reported over several steps are a debiased moving average
+            (Haiku's ``ExponentialMovingAverage``): the average of a zero-started one divided by
+            ``1 - (1 - w)^t`` after ``t`` steps, whatever the initial value.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Convention:
     default_momentum: float = 0.1
     default_eps: float = 1e-5
     fixed_weight: float | None = None
+    debiased: bool = False
 
     def __post_init__(self):
         for field, allowed in (("eps", EPS_PLACEMENTS), ("normalize", VARIANCES), ("running_var", VARIANCES),
@@ -100,6 +104,27 @@ class Convention:
         new_mean = (1.0 - w) * np.asarray(running_mean, dtype=np.float64) + w * np.asarray(mean, dtype=np.float64)
         new_var = (1.0 - w) * np.asarray(running_var, dtype=np.float64) + w * batch_var
         return new_mean, new_var
+
+    def update_running_steps(self, running_mean, running_var, means, variances, counts, momentum: float,
+                             step: int = 0):
+        """The running statistics after one batch per entry of ``means``, ``variances``, ``counts``, float64.
+
+        Each step is :meth:`update_running`. A debiased average starts from zero instead of the given
+        values and is divided by ``1 - (1 - w)^t``, ``t`` the steps taken, ``step`` of them before these.
+
+        Raises:
+            ValueError: a debiased average with ``step`` > 0 (its zero-started state is not given).
+        """
+        if self.debiased and step:
+            raise ValueError(f"a debiased average starts from step 0; got step={step}")
+        mean, var = (np.zeros_like(np.asarray(a, np.float64)) if self.debiased else np.asarray(a, np.float64)
+                     for a in (running_mean, running_var))
+        for batch_mean, batch_var, count in zip(means, variances, counts):
+            mean, var = self.update_running(mean, var, batch_mean, batch_var, count, momentum)
+        if self.debiased:
+            correction = 1.0 - (1.0 - self.weight(momentum)) ** len(means)
+            mean, var = mean / correction, var / correction
+        return mean, var
 
     def momentum_for(self, other: "Convention", momentum: float) -> float:
         """The momentum that gives the same update in ``other``'s form (``0.99`` old-weighted is ``0.01``)."""

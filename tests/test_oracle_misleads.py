@@ -117,3 +117,17 @@ def test_keras_adapters_declare_their_backend():
     for name in ("keras", "keras-mixed-bf16"):
         module, cls = ADAPTERS[name].split(":")
         assert getattr(importlib.import_module(module), cls).environment == {"KERAS_BACKEND": "jax"}
+
+
+def test_running_statistics_over_steps_are_checked_in_the_measured_convention():
+    """A debiased moving average (Haiku's) is measured as one and passes; the plain base passes too."""
+    from tests.mutants import CorrectBN, StepsDiscardUpdates
+
+    fp = fingerprint(misleading.DebiasedMovingAverage())
+    assert fp.steps_convention.debiased and fp.steps_convention.momentum == "old", fp.steps
+    assert dict(fp.rows())["running statistics over steps"].startswith("debiased moving average")
+    assert not fingerprint(CorrectBN()).steps_convention.debiased
+    for candidate in (misleading.DebiasedMovingAverage(), CorrectBN()):
+        report = check(candidate, profile="quick", properties=["running_stats_steps"])
+        assert report.ok, report.render()
+    assert not check(StepsDiscardUpdates(), profile="quick", properties=["running_stats_steps"]).ok

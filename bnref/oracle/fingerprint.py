@@ -181,6 +181,9 @@ class Fingerprint:
     momentum_stored: str = "not measured (needs float64 and update_running)"
     #: whether float64 input is computed in float64: "float64", "float32: ..." or a note
     float64_precision: str = "float64 not supported"
+    #: update_running_steps: the convention measured over several steps, and the entry describing it
+    steps_convention: Convention | None = None
+    steps: str = "not provided"
     #: defects a probe saw (NaN/inf from finite input): they fail the run as a failed property does
     findings: list[str] = field(default_factory=list)
 
@@ -214,7 +217,8 @@ class Fingerprint:
                    f"(kappa {o['kappa']:.3g}; u32*kappa = {o['u32_kappa']:.3g})")
         half = f" ({self.half_dtype})" if self.half_dtype else ""
         return [("eps", self.eps), ("normalizing variance", self.normalize), ("running variance", running_var),
-                ("momentum", momentum), ("eps stored as", self.eps_stored),
+                ("momentum", momentum), ("running statistics over steps", self.steps),
+                ("eps stored as", self.eps_stored),
                 ("momentum stored as", self.momentum_stored),
                 ("single value per channel (training)", self.single_value),
                 ("float32, offset data", f32), ("float64 computed in", self.float64_precision),
@@ -301,6 +305,43 @@ def _probe_running(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
                                    SECOND_PROBE_MOMENTUM, w2_mean, w2_var)
     if fp.running.direction_mean == fp.running.direction_var == "fixed" and abs(w_mean - w_var) > rtol * w_mean:
         fp.running = replace(fp.running, direction_var=None)
+
+
+#: the second batch of the steps probe (mean 6, biased variance 16), after RUNNING_PROBE
+SECOND_RUNNING_PROBE = (2.0, 10.0, 2.0, 10.0)
+
+
+def _probe_steps(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
+    """Two steps (RUNNING_PROBE, then SECOND_RUNNING_PROBE) from two initial values and at two momenta:
+    the form of the momentum, the running variance and debiasing are the hypothesis that fits all four."""
+    param = np.dtype(dtype if param is None else param)
+    rtol = _rtol(param)
+    xs = [_column(RUNNING_PROBE, dtype), _column(SECOND_RUNNING_PROBE, dtype)]
+    means = [np.array([np.mean(b)]) for b in (RUNNING_PROBE, SECOND_RUNNING_PROBE)]
+    variances = [np.array([np.var(b)]) for b in (RUNNING_PROBE, SECOND_RUNNING_PROBE)]
+    counts = [len(RUNNING_PROBE)] * 2
+    probes = [(momentum, r) for momentum in (PROBE_MOMENTUM, SECOND_PROBE_MOMENTUM) for r in (1.0, 5.0)]
+    try:
+        got = [np.concatenate([np.asarray(a, np.float64) for a in
+                               call("update_running_steps", xs, np.full(1, r, param), np.full(1, r, param), momentum)])
+               for momentum, r in probes]
+    except CandidateError as exc:
+        fp.steps = f"probe failed: {exc}"
+        return
+    for debiased in (False, True):
+        for form in ("new", "old"):
+            for running_var in ("unbiased", "biased"):
+                conv = Convention("measured-steps", running_var=running_var, momentum=form, debiased=debiased)
+                expected = [np.concatenate(conv.update_running_steps(np.full(1, r), np.full(1, r), means, variances,
+                                                                     counts, momentum)) for momentum, r in probes]
+                if all(np.allclose(g, e, rtol=rtol, atol=0) for g, e in zip(got, expected)):
+                    fp.steps_convention = conv
+                    fp.steps = (("debiased moving average (zero-started, divided by 1 - (1 - w)^t)" if debiased
+                                 else "moving average from the given state") +
+                                f"; momentum weighs the {form} value, running variance {running_var}")
+                    return
+    fp.steps = ("unrecognized: after two steps from 1 and 5 at momentum 0.1 and 0.3 the running mean is "
+                + ", ".join(f"{g[0]:.6g}" for g in got))
 
 
 def _probe_single_value(call, candidate, dtype, fp: Fingerprint, param=None) -> None:
@@ -542,6 +583,7 @@ def _probe_float64_precision(call, candidate, dtype, fp: Fingerprint, param=None
 
 #: (name, probe, the method it needs beyond forward_train) in the order they run
 _PROBES = (("eps", _probe_eps, None), ("running statistics", _probe_running, "update_running"),
+           ("running statistics over steps", _probe_steps, "update_running_steps"),
            ("hyperparameter storage", _probe_storage, None), ("single value", _probe_single_value, None),
            ("float32 offset", _probe_float32_offset, None),
            ("float64 precision", _probe_float64_precision, None),
@@ -567,6 +609,8 @@ def fingerprint(candidate, dtype: str | None = None, *, guard: Guard | None = No
         the candidate takes and the results brought back to ``(m, C)``; a non-finite result of finite
         input is recorded in ``fp.findings`` unless ``finite`` is False (m = 1, where 0/0 is a convention).
         """
+        if isinstance(args[0], list):  # update_running_steps: a list of probe batches
+            args = ([x.reshape(lifted(x.shape)) if x.ndim == 2 else x for x in args[0]], *args[1:])
         shape = np.shape(args[0])
         if len(shape) == 2:
             args = tuple(a.reshape(lifted(shape)) if isinstance(a, np.ndarray) and a.shape == shape else a

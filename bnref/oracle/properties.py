@@ -341,6 +341,41 @@ def running_stats(ctx: Context, case: BNCase) -> list[Outcome]:
                    label="running_var", kappa=kappa, dtype=dtype, slack=slack, work=ctx.work_dtype(case))]
 
 
+def running_stats_steps(ctx: Context, case: BNCase) -> list[Outcome]:
+    """Several running-statistics steps from a fresh state follow the convention measured over steps.
+
+    The batches are x and 1 to 3 per-channel affine images of it; a debiased moving average
+    (Haiku's) is checked as one.
+    """
+    conv = ctx.fingerprint.steps_convention if ctx.fingerprint is not None else None
+    if conv is None:
+        why = ctx.fingerprint.steps if ctx.fingerprint is not None else "not measured"
+        raise CandidateError(f"the running statistics over steps follow no recognized convention: {why}")
+    rng = _rng(case, 9)
+    momentum = float(rng.choice(MOMENTA))
+    x64 = case.x.astype(np.float64)
+    std = np.sqrt(x64.var(axis=case.axes.reduce) + case.eps)
+    xs = [case.x] + [(case.axes.broadcast(rng.uniform(0.5, 2, case.channels)) * x64
+                      + case.axes.broadcast(std * rng.uniform(-1, 1, case.channels))).astype(case.x.dtype)
+                     for _ in range(int(rng.integers(1, 4)))]
+    old_mean, old_var = _running_stats(ctx, case)
+    new_mean, new_var = ctx.call("update_running_steps", xs, old_mean, old_var, momentum)
+    stats = [(b.astype(np.float64).mean(axis=case.axes.reduce), b.astype(np.float64).var(axis=case.axes.reduce))
+             for b in xs]
+    expected_mean, expected_var = conv.update_running_steps(old_mean, old_var, [s[0] for s in stats],
+                                                            [s[1] for s in stats], [case.count] * len(xs), momentum)
+    kappa = max(condition_number(b, case.channel_axis, case.eps) for b in xs)
+    size = lambda *a: max(float(np.max(np.abs(v), initial=0)) for v in a) or 1.0  # noqa: E731
+    unbiased = case.count / max(case.count - 1, 1)
+    # a debiased average divides by 1 - (1 - w)^t, as small as w: its rounding grows by 1 / w
+    slack = 4 * unit_roundoff(working_dtype(case.x.dtype)) / conv.weight(momentum) if conv.debiased else 0.0
+    dtype, work, after = ctx.param_dtype(case), ctx.work_dtype(case), f" after {len(xs)} steps"
+    return [_check("mean", new_mean, expected_mean, case, size(old_mean, *[s[0] for s in stats]),
+                   label="running_mean" + after, kappa=kappa, dtype=dtype, slack=slack, work=work),
+            _check("var", new_var, expected_var, case, size(old_var, *[s[1] * unbiased for s in stats]),
+                   label="running_var" + after, kappa=kappa, dtype=dtype, slack=slack, work=work)]
+
+
 # --------------------------------------------------------------------------- invariants
 
 def _self_check(ctx: Context, quantity, actual, expected, reference_value, case: BNCase, scale: float, label: str,
@@ -634,6 +669,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("forward_eval_large_var", forward_eval_large_var, ("forward_eval",)),
     Property("double_backward", double_backward, ("double_backward",)),
     Property("running_stats", running_stats, ("update_running",)),
+    Property("running_stats_steps", running_stats_steps, ("update_running_steps",)),
     Property("shift_invariance", shift_invariance, conditions=("well", "constant", "minimal")),
     Property("scale_invariance", scale_invariance),
     Property("batch_permutation", batch_permutation),

@@ -18,6 +18,7 @@ Optional (the report says "not provided" where absent)::
     backward(x, gamma, beta, eps, dy) -> (dx, dgamma, dbeta)   # absent in an inference runtime
     forward_eval(x, gamma, beta, running_mean, running_var, eps) -> y
     update_running(x, running_mean, running_var, momentum) -> (new_mean, new_var)
+    update_running_steps(xs, running_mean, running_var, momentum, step=None) -> (new_mean, new_var)
     double_backward(x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta) -> (gx, ggamma, gdy)
     forward_train_sharded(xs, gamma, beta, eps) -> ys          # cross-replica (synchronized) BN
     backward_sharded(xs, gamma, beta, eps, dys) -> (dxs, dgamma, dbeta)
@@ -40,6 +41,12 @@ statistics in the candidate's own convention (momentum on the new or the old
 value, running variance with m or m - 1): the oracle measures the convention
 and checks the candidate against it.
 
+``update_running_steps`` performs one training step per batch of the list ``xs`` (all of x's
+shape), from a fresh state whose running statistics are ``running_mean``, ``running_var``
+(``step``: None for a fresh state), and returns the running statistics the layer reports
+after the last one: a debiased moving average (Haiku's ``ExponentialMovingAverage``) is
+measured as such and checked in that convention.
+
 The sharded methods take the batch cut along axis 0 into a list of shards (any
 sizes, 1 and 0 included), one per replica, and must normalize every shard with the
 statistics of the *whole* batch; ``dgamma``, ``dbeta`` are the whole batch's (summed
@@ -57,7 +64,7 @@ __all__ = ["Candidate", "environment_of", "OPTIONAL_METHODS", "REQUIRED_METHODS"
            "provides", "validate", "version_of", "ranks_of", "param_dtype_of", "half_dtypes_of"]
 
 REQUIRED_METHODS = ("forward_train",)
-OPTIONAL_METHODS = ("backward", "forward_eval", "update_running", "double_backward", "forward_train_sharded",
+OPTIONAL_METHODS = ("backward", "forward_eval", "update_running", "update_running_steps", "double_backward", "forward_train_sharded",
                     "backward_sharded")
 DEFAULT_RANKS = (2, 3, 4, 5)
 #: the values ``candidate.param_dtype`` may take (None: the parameters have x's dtype)

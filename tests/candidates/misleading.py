@@ -142,3 +142,19 @@ class DeclaresEnvironment(CorrectBN):
 
     def forward_train(self, x, gamma, beta, eps):
         return super().forward_train(x, gamma, beta, eps) + 1.0
+
+
+class DebiasedMovingAverage(CorrectBN):
+    """Running statistics as Haiku's ExponentialMovingAverage: zero-started, old-weighted momentum
+    (decay), debiased by 1 - decay^t; a biased running variance."""
+
+    name = "debiased-moving-average"
+
+    def update_running_steps(self, xs, running_mean, running_var, momentum, step=None):
+        from bnref.conventions import Convention
+
+        haiku = Convention("haiku", running_var="biased", momentum="old", debiased=True)
+        stats = [tuple(s.reshape(-1) for s in self.stats(x)) for x in xs]
+        new = haiku.update_running_steps(running_mean, running_var, [s[0] for s in stats], [s[1] for s in stats],
+                                         [self.count(x) for x in xs], momentum)
+        return new[0].astype(running_mean.dtype), new[1].astype(running_var.dtype)

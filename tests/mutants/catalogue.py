@@ -262,6 +262,17 @@ class MomentumDropped(CorrectBN):
         return super().update_running(x, running_mean, running_var, 0.0)
 
 
+class StepsDiscardUpdates(CorrectBN):
+    """Each step updates a copy of the running buffers that is never written back: after several
+    steps the statistics are those of one step from the initial state with the last batch."""
+
+    name = "steps-discard-updates"
+    breaks = ("running_stats_steps",)
+
+    def update_running_steps(self, xs, running_mean, running_var, momentum, step=None):
+        return self.update_running(xs[-1], running_mean, running_var, momentum)
+
+
 #: a moving average of the batch's 1/sqrt(var + eps), stored as it comes
 _RUNNING_INVSTD = Convention("running-invstd", running_var="biased")
 
@@ -542,6 +553,6 @@ class EpsFlushedInHalf(CorrectBN):
 MUTANTS = (NaiveVariance, NormalizeUnbiased, StatsOverWrongAxes, ChannelsLastStats, GhostBatchStats,
            EpsOutsideSqrt, HardcodedEps, NanOnConstantChannel, DxMissingMeanTerm, DxMissingVarianceTerm,
            HalfVarianceTerm, DgammaWithX, DbetaMean, DoubleBackwardMissingTerm, EvalUsesBatchStats,
-           EvalMissingEps, InconsistentMomentum, MomentumDropped, RunningVarStoresInvstd, MutatesInput,
+           EvalMissingEps, InconsistentMomentum, MomentumDropped, StepsDiscardUpdates, RunningVarStoresInvstd, MutatesInput,
            IgnoresStrides, OrderBlindCache, AverageOfShardStatistics, ShardUnbiasedVariance, LocalCountRunning,
            HalfAccumulation, HalfNaiveVariance, ParamsDowncastToHalf, RunningStatsInBfloat16, HalfBackward, EpsFlushedInHalf)
