@@ -64,8 +64,8 @@ __all__ = ["Candidate", "environment_of", "OPTIONAL_METHODS", "REQUIRED_METHODS"
            "provides", "validate", "version_of", "ranks_of", "param_dtype_of", "half_dtypes_of"]
 
 REQUIRED_METHODS = ("forward_train",)
-OPTIONAL_METHODS = ("backward", "forward_eval", "update_running", "update_running_steps", "double_backward", "forward_train_sharded",
-                    "backward_sharded")
+OPTIONAL_METHODS = ("backward", "forward_eval", "update_running", "update_running_steps", "double_backward",
+                    "forward_train_sharded", "backward_sharded")
 DEFAULT_RANKS = (2, 3, 4, 5)
 #: the values ``candidate.param_dtype`` may take (None: the parameters have x's dtype)
 PARAM_DTYPES = (None, "float32")

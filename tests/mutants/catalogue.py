@@ -553,6 +553,7 @@ class EpsFlushedInHalf(CorrectBN):
 MUTANTS = (NaiveVariance, NormalizeUnbiased, StatsOverWrongAxes, ChannelsLastStats, GhostBatchStats,
            EpsOutsideSqrt, HardcodedEps, NanOnConstantChannel, DxMissingMeanTerm, DxMissingVarianceTerm,
            HalfVarianceTerm, DgammaWithX, DbetaMean, DoubleBackwardMissingTerm, EvalUsesBatchStats,
-           EvalMissingEps, InconsistentMomentum, MomentumDropped, StepsDiscardUpdates, RunningVarStoresInvstd, MutatesInput,
-           IgnoresStrides, OrderBlindCache, AverageOfShardStatistics, ShardUnbiasedVariance, LocalCountRunning,
-           HalfAccumulation, HalfNaiveVariance, ParamsDowncastToHalf, RunningStatsInBfloat16, HalfBackward, EpsFlushedInHalf)
+           EvalMissingEps, InconsistentMomentum, MomentumDropped, StepsDiscardUpdates, RunningVarStoresInvstd,
+           MutatesInput, IgnoresStrides, OrderBlindCache, AverageOfShardStatistics, ShardUnbiasedVariance,
+           LocalCountRunning, HalfAccumulation, HalfNaiveVariance, ParamsDowncastToHalf, RunningStatsInBfloat16,
+           HalfBackward, EpsFlushedInHalf)
