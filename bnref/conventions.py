@@ -28,8 +28,9 @@ __all__ = ["Convention", "CONVENTIONS", "PYTORCH", "KERAS", "FLAX", "EPS_PLACEME
 EPS_PLACEMENTS = ("inside", "outside")
 #: a variance divided by m (biased, the paper's) or by m - 1 (unbiased)
 VARIANCES = ("biased", "unbiased")
-#: momentum weighs the new batch statistic (PyTorch) or the old running value (Keras, Flax)
-MOMENTUM_FORMS = ("new", "old")
+#: momentum weighs the new batch statistic (PyTorch) or the old running value (Keras, Flax); or it is
+#: ignored and a fixed weight (``fixed_weight``) lies on the new value (a hard-coded update)
+MOMENTUM_FORMS = ("new", "old", "fixed")
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,13 @@ class Convention:
         normalize: the variance ``x`` is normalized with in training, ``"biased"`` or ``"unbiased"``.
         running_var: the batch variance the running variance moves toward, ``"biased"`` or ``"unbiased"``.
         momentum: ``"new"`` if ``momentum`` is the weight on the batch statistic, ``"old"`` if on the
-            running value.
+            running value, ``"fixed"`` if the given momentum is ignored and ``fixed_weight`` lies on
+            the batch statistic.
         default_momentum, default_eps: the framework's defaults, in its own momentum form.
+        fixed_weight: the weight on the batch statistic of the ``"fixed"`` form, in (0, 1].
+        debiased: the running statistics reported over several steps are a debiased moving average
+            (Haiku's ``ExponentialMovingAverage``): the average of a zero-started one divided by
+            ``1 - (1 - w)^t`` after ``t`` steps, whatever the initial value.
     """
 
     name: str
@@ -53,15 +59,23 @@ class Convention:
     momentum: str = "new"
     default_momentum: float = 0.1
     default_eps: float = 1e-5
+    fixed_weight: float | None = None
+    debiased: bool = False
 
     def __post_init__(self):
         for field, allowed in (("eps", EPS_PLACEMENTS), ("normalize", VARIANCES), ("running_var", VARIANCES),
                                ("momentum", MOMENTUM_FORMS)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"Convention.{field} must be one of {allowed}; got {getattr(self, field)!r}")
+        if (self.momentum == "fixed") != (self.fixed_weight is not None) or (
+                self.fixed_weight is not None and not 0 < self.fixed_weight <= 1):
+            raise ValueError(f"Convention.fixed_weight must be in (0, 1] exactly when momentum is 'fixed'; got "
+                             f"momentum={self.momentum!r}, fixed_weight={self.fixed_weight!r}")
 
     def weight(self, momentum: float) -> float:
         """``w``, the weight on the new batch statistic, for ``momentum`` in this convention's form."""
+        if self.momentum == "fixed":
+            return self.fixed_weight
         return momentum if self.momentum == "new" else 1.0 - momentum
 
     def variance_factor(self, count: int, which: str) -> float:
@@ -91,16 +105,40 @@ class Convention:
         new_var = (1.0 - w) * np.asarray(running_var, dtype=np.float64) + w * batch_var
         return new_mean, new_var
 
+    def update_running_steps(self, running_mean, running_var, means, variances, counts, momentum: float,
+                             step: int = 0):
+        """The running statistics after one batch per entry of ``means``, ``variances``, ``counts``, float64.
+
+        Each step is :meth:`update_running`. A debiased average starts from zero instead of the given
+        values and is divided by ``1 - (1 - w)^t``, ``t`` the steps taken, ``step`` of them before these.
+
+        Raises:
+            ValueError: a debiased average with ``step`` > 0 (its zero-started state is not given).
+        """
+        if self.debiased and step:
+            raise ValueError(f"a debiased average starts from step 0; got step={step}")
+        mean, var = (np.zeros_like(np.asarray(a, np.float64)) if self.debiased else np.asarray(a, np.float64)
+                     for a in (running_mean, running_var))
+        for batch_mean, batch_var, count in zip(means, variances, counts):
+            mean, var = self.update_running(mean, var, batch_mean, batch_var, count, momentum)
+        if self.debiased:
+            correction = 1.0 - (1.0 - self.weight(momentum)) ** len(means)
+            mean, var = mean / correction, var / correction
+        return mean, var
+
     def momentum_for(self, other: "Convention", momentum: float) -> float:
         """The momentum that gives the same update in ``other``'s form (``0.99`` old-weighted is ``0.01``)."""
         w = self.weight(momentum)
+        if other.momentum == "fixed":
+            raise ValueError(f"{other.name} ignores momentum: no momentum gives weight {w:g}")
         return w if other.momentum == "new" else 1.0 - w
 
     def describe(self) -> str:
         eps = "sqrt(var + eps)" if self.eps == "inside" else "sqrt(var) + eps"
-        weighs = "the batch statistic" if self.momentum == "new" else "the running value"
+        weighs = {"new": "weighs the batch statistic", "old": "weighs the running value",
+                  "fixed": f"is ignored (fixed weight {self.fixed_weight:g} on the batch statistic)"}[self.momentum]
         return (f"{self.name}: x normalized by {eps} with the {self.normalize} variance; running variance "
-                f"{self.running_var}; momentum weighs {weighs} (default {self.default_momentum:g}, "
+                f"{self.running_var}; momentum {weighs} (default {self.default_momentum:g}, "
                 f"eps {self.default_eps:g})")
 
 

@@ -18,6 +18,7 @@ from bnref.adapters._jax import JaxVjpMixin
 
 class KerasCandidate(JaxVjpMixin):
     name = "keras"
+    environment = {"KERAS_BACKEND": "jax"}
     #: the layer's dtype policy for x's dtype: None = the dtype's own name
     dtype_policy = None
 

@@ -85,6 +85,8 @@ RETURNS: dict[str, tuple[Output, ...]] = {
     "backward": (Output("dx", 0), Output("dgamma", 1, param="gamma"), Output("dbeta", 1, param="gamma")),
     "update_running": (Output("running_mean", 1, param="running_mean"),
                        Output("running_var", 2, param="running_var")),
+    "update_running_steps": (Output("running_mean", 1, param="running_mean"),
+                             Output("running_var", 2, param="running_var")),
     "double_backward": (Output("gx", 0), Output("ggamma", 1, param="gamma"), Output("gdy", 4)),
     "forward_train_sharded": (Output("ys", 0, per_shard=True),),
     "backward_sharded": (Output("dxs", 0, per_shard=True), Output("dgamma", 1, param="gamma"),

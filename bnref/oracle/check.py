@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -19,7 +20,7 @@ import bnref
 from bnref.oracle._guard import DEFAULT_TIMEOUT, CallTimedOut, Guard
 from bnref.oracle.fingerprint import fingerprint as measure_fingerprint
 from bnref.oracle.properties import PROPERTIES, CandidateError, Context, Outcome, property_named
-from bnref.oracle.protocol import provides, ranks_of, validate, version_of
+from bnref.oracle.protocol import environment_of, provides, ranks_of, validate, version_of
 from bnref.oracle.report import FAIL, NOT_PROVIDED, NOT_RUN, PASS, PropertyResult, Report
 from bnref.profiles import ALIASES, DEFAULT, profile_named
 from bnref.profiles import PROFILES as _TABLE
@@ -144,7 +145,7 @@ TIMEOUT = "timeout"
 def _evaluate(prop, ctx: Context, case) -> list[Outcome]:
     try:
         with np.errstate(all="ignore"):  # a candidate's NaNs are findings, reported by the comparison
-            return prop.body(ctx, case)
+            return prop.body(ctx, ctx.as_used(case))
     except CallTimedOut as exc:
         return [Outcome(TIMEOUT, False, math.inf, str(exc))]
     except CandidateError as exc:
@@ -159,8 +160,10 @@ def _target_of(candidate) -> str:
     return getattr(candidate, "name", "candidate")
 
 
-def _replay_code(target: str, prop: str, case) -> str:
-    return (f"python -c \"import bnref.oracle as o, bnref.strategies; "
+def _replay_code(target: str, prop: str, case, environment: dict | None = None) -> str:
+    """A shell line that replays ``case``, prefixed with the environment the candidate declares."""
+    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (environment or {}).items())
+    return (f"{prefix}python -c \"import bnref.oracle as o, bnref.strategies; "
             f"o.replay({target!r}, {prop!r}, {case.replay()})\"")
 
 
@@ -210,7 +213,7 @@ def run_property(candidate, prop, dtype: str, *, ctx: Context | None = None, max
         result.failures = [o.text for o in bad]
         result.worst_ratio = max(o.ratio for o in bad)
         result.case = case.describe()
-        result.replay = _replay_code(target or _target_of(candidate), prop.name, case)
+        result.replay = _replay_code(target or _target_of(candidate), prop.name, case, environment_of(candidate))
     return result
 
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from bnref import reference
 from bnref.oracle._guard import CandidateError, Guard
-from bnref.oracle.protocol import HALF_DTYPES, param_dtype_of
+from bnref.oracle.protocol import HALF_DTYPES, param_dtype_of, provides
 from bnref.dtypes import dtype_info, unit_roundoff
 from bnref.strategies import CONDITIONS, BNCase
 from bnref.testing import TOLERANCES, compare, condition_number, scales
@@ -84,15 +84,18 @@ def working_dtype(dtype) -> np.dtype:
 
 
 def candidate_tolerance(quantity: str, dtype, *, kappa: float, m: int, gross_only: bool = False,
-                        out_dtype=None) -> float:
+                        out_dtype=None, work_dtype=None) -> float:
     """Relative tolerance ``min(a u_out + b u_work kappa sqrt(m), GROSS)`` (see the module docstring).
 
-    ``dtype`` is x's; ``out_dtype`` the output's when it differs (float32 parameters of a half candidate).
+    ``dtype`` is x's; ``out_dtype`` the output's when it differs (float32 parameters of a half candidate);
+    ``work_dtype`` the precision the candidate computes in when it is known to be narrower than
+    :func:`working_dtype` (float64 computed in float32, measured by the fingerprint).
     """
     if gross_only:
         return GROSS
     t = TOLERANCES[quantity]
-    u_out, u_work = unit_roundoff(out_dtype if out_dtype is not None else dtype), unit_roundoff(working_dtype(dtype))
+    work = working_dtype(dtype) if work_dtype is None else np.dtype(work_dtype)
+    u_out, u_work = unit_roundoff(out_dtype if out_dtype is not None else dtype), unit_roundoff(work)
     return min(GROSS, t.a * u_out + t.b * u_work * max(1.0, kappa) * math.sqrt(max(m, 1)))
 
 
@@ -104,6 +107,21 @@ class Context:
         self.candidate = candidate
         self.fingerprint = fingerprint
         self.guard = guard if guard is not None else Guard()
+
+    def as_used(self, case: BNCase) -> BNCase:
+        """``case`` with the eps the candidate actually uses: rounded to float32 where the fingerprint
+        found eps held in float32 (a convention, reported there), so that the rounding of a float32
+        attribute is not reported as an accuracy failure."""
+        if self.fingerprint is not None and self.fingerprint.eps_float32:
+            return replace(case, eps=float(np.float32(case.eps)))
+        return case
+
+    def work_dtype(self, case: BNCase):
+        """float32 for float64 x where the fingerprint found float64 computed in float32 (a convention,
+        reported there); None (the default working precision) otherwise."""
+        if case.x.dtype == np.float64 and self.fingerprint is not None and self.fingerprint.float64_in_float32:
+            return np.dtype(np.float32)
+        return None
 
     def param_dtype(self, case: BNCase) -> np.dtype:
         """The dtype the candidate takes its parameters and running statistics in, for ``case``."""
@@ -140,11 +158,12 @@ def _gross_only(case: BNCase) -> bool:
 
 
 def _check(quantity: str, actual, expected, case: BNCase, scale: float, *, label: str | None = None,
-           kappa: float | None = None, dtype=None, slack: float = 0.0) -> Outcome:
+           kappa: float | None = None, dtype=None, slack: float = 0.0, work=None) -> Outcome:
     """Compare one output of the candidate with its expected value, dtype and shape included.
 
     ``dtype``: the output's expected dtype (default x's); ``slack``: a relative error the
-    comparison itself brings, added to the tolerance.
+    comparison itself brings, added to the tolerance; ``work``: the candidate's working precision
+    (:meth:`Context.work_dtype`).
     """
     actual = np.asarray(actual)
     label = label or quantity
@@ -156,7 +175,7 @@ def _check(quantity: str, actual, expected, case: BNCase, scale: float, *, label
     kappa = condition_number(case.x, case.channel_axis, case.eps) if kappa is None else kappa
     result = compare(quantity, actual, expected, dtype=dtype, kappa=kappa, m=case.count, scale=scale)
     tol = candidate_tolerance(quantity, case.x.dtype, kappa=kappa, m=case.count, gross_only=_gross_only(case),
-                              out_dtype=dtype)
+                              out_dtype=dtype, work_dtype=work)
     # below the smallest normal value a rounding costs up to half the smallest subnormal, whatever the value
     underflow = TOLERANCES[quantity].a * float(ml_dtypes.finfo(dtype).smallest_subnormal) / 2 / scale
     return Outcome.of(replace(result, tolerance=tol + slack + underflow, quantity=label))
@@ -171,7 +190,7 @@ def _check_all(ctx: Context, names, actuals, expecteds, case, scale: dict, prefi
     if not isinstance(actuals, (tuple, list)) or len(actuals) != len(names):
         raise CandidateError(f"expected a tuple ({', '.join(names)}); got {type(actuals).__name__}")
     return [_check(n, a, e, case, scale[n], label=prefix + n + suffix,
-                   dtype=ctx.param_dtype(case) if n in PARAM_QUANTITIES else None)
+                   dtype=ctx.param_dtype(case) if n in PARAM_QUANTITIES else None, work=ctx.work_dtype(case))
             for n, a, e in zip(names, actuals, expecteds)]
 
 
@@ -197,7 +216,7 @@ def forward(ctx: Context, case: BNCase) -> list[Outcome]:
     """y = forward_train(x) agrees with the reference."""
     y = ctx.call("forward_train", *_args(ctx, case))
     y_ref = reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
-    return [_check("y", y, y_ref, case, _scales(case)["y"])]
+    return [_check("y", y, y_ref, case, _scales(case)["y"], work=ctx.work_dtype(case))]
 
 
 def backward(ctx: Context, case: BNCase) -> list[Outcome]:
@@ -271,7 +290,7 @@ def _eval_check(ctx: Context, case: BNCase, x, running_mean, running_var, label:
     kappa = float(np.max(np.abs(x64) * case.axes.broadcast(invstd), initial=1.0))
     scale = float(np.max(np.abs(case.gamma))) * max(1.0, float(np.max(np.abs(xhat), initial=0))) \
         + float(np.max(np.abs(case.beta)))
-    return _check("y", y, y_ref, case, scale, kappa=kappa, label=label)
+    return _check("y", y, y_ref, case, scale, kappa=kappa, label=label, work=ctx.work_dtype(case))
 
 
 def _eval_args(ctx: Context, case: BNCase, running_mean, running_var):
@@ -313,19 +332,71 @@ def running_stats(ctx: Context, case: BNCase) -> list[Outcome]:
     kappa = condition_number(case.x, case.channel_axis, case.eps)
     size = lambda *a: max(float(np.max(np.abs(v), initial=0)) for v in a) or 1.0  # noqa: E731
     dtype = ctx.param_dtype(case)
+    # a momentum held in float32 moves the weight by up to u32, the update by u32 |old - stat| (reported in the
+    # fingerprint as a convention)
+    slack = 2 * unit_roundoff(np.float32) if ctx.fingerprint.momentum_float32 else 0.0
     return [_check("mean", new_mean, expected_mean, case, size(old_mean, mean), label="running_mean", kappa=kappa,
-                   dtype=dtype),
+                   dtype=dtype, slack=slack, work=ctx.work_dtype(case)),
             _check("var", new_var, expected_var, case, size(old_var, var * case.count / max(case.count - 1, 1)),
-                   label="running_var", kappa=kappa, dtype=dtype)]
+                   label="running_var", kappa=kappa, dtype=dtype, slack=slack, work=ctx.work_dtype(case))]
+
+
+def running_stats_steps(ctx: Context, case: BNCase) -> list[Outcome]:
+    """Several running-statistics steps from a fresh state follow the convention measured over steps.
+
+    The batches are x and 1 to 3 per-channel affine images of it; a debiased moving average
+    (Haiku's) is checked as one.
+    """
+    conv = ctx.fingerprint.steps_convention if ctx.fingerprint is not None else None
+    if conv is None:
+        why = ctx.fingerprint.steps if ctx.fingerprint is not None else "not measured"
+        raise CandidateError(f"the running statistics over steps follow no recognized convention: {why}")
+    rng = _rng(case, 9)
+    momentum = float(rng.choice(MOMENTA))
+    x64 = case.x.astype(np.float64)
+    std = np.sqrt(x64.var(axis=case.axes.reduce) + case.eps)
+    xs = [case.x] + [(case.axes.broadcast(rng.uniform(0.5, 2, case.channels)) * x64
+                      + case.axes.broadcast(std * rng.uniform(-1, 1, case.channels))).astype(case.x.dtype)
+                     for _ in range(int(rng.integers(1, 4)))]
+    old_mean, old_var = _running_stats(ctx, case)
+    new_mean, new_var = ctx.call("update_running_steps", xs, old_mean, old_var, momentum)
+    stats = [(b.astype(np.float64).mean(axis=case.axes.reduce), b.astype(np.float64).var(axis=case.axes.reduce))
+             for b in xs]
+    expected_mean, expected_var = conv.update_running_steps(old_mean, old_var, [s[0] for s in stats],
+                                                            [s[1] for s in stats], [case.count] * len(xs), momentum)
+    kappa = max(condition_number(b, case.channel_axis, case.eps) for b in xs)
+    size = lambda *a: max(float(np.max(np.abs(v), initial=0)) for v in a) or 1.0  # noqa: E731
+    unbiased = case.count / max(case.count - 1, 1)
+    # a debiased average divides by 1 - (1 - w)^t, as small as w: its rounding grows by 1 / w
+    slack = 4 * unit_roundoff(working_dtype(case.x.dtype)) / conv.weight(momentum) if conv.debiased else 0.0
+    dtype, work, after = ctx.param_dtype(case), ctx.work_dtype(case), f" after {len(xs)} steps"
+    return [_check("mean", new_mean, expected_mean, case, size(old_mean, *[s[0] for s in stats]),
+                   label="running_mean" + after, kappa=kappa, dtype=dtype, slack=slack, work=work),
+            _check("var", new_var, expected_var, case, size(old_var, *[s[1] * unbiased for s in stats]),
+                   label="running_var" + after, kappa=kappa, dtype=dtype, slack=slack, work=work)]
 
 
 # --------------------------------------------------------------------------- invariants
 
-def _self_check(quantity, actual, expected, case: BNCase, scale: float, label: str, kappa: float,
-                slack: float = 0.0) -> Outcome:
-    """Compare two outputs of the candidate itself (a metamorphic relation)."""
-    return _check(quantity, actual, np.asarray(expected, dtype=np.float64), case, scale, label=label, kappa=kappa,
-                  slack=slack)
+def _self_check(ctx: Context, quantity, actual, expected, reference_value, case: BNCase, scale: float, label: str,
+                kappa: float, slack: float = 0.0) -> Outcome:
+    """Compare two outputs of the candidate itself (a metamorphic relation).
+
+    ``expected`` is the candidate's own result on the untransformed input, ``reference_value``
+    the reference's for it. When ``expected`` itself disagrees with the reference, that is the
+    finding of the property that compares it (forward, backward), and this one does not compare;
+    otherwise the two results may differ by the tolerance plus ``expected``'s own error, since
+    each may lie within the tolerance of the reference on opposite sides.
+    """
+    work = ctx.work_dtype(case)
+    own = _check(quantity, expected, reference_value, case, scale, kappa=kappa, work=work)
+    if not own.ok:
+        return Outcome(label, True, 0.0, f"{label}: not compared: {quantity} of the untransformed input "
+                                         f"already disagrees with the reference (its own property's finding)")
+    expected = np.asarray(expected, dtype=np.float64)
+    own_error = float(np.max(np.abs(expected - np.asarray(reference_value, np.float64)), initial=0.0)) / scale
+    return _check(quantity, actual, expected, case, scale, label=label, kappa=kappa, slack=slack + own_error,
+                  work=work)
 
 
 def shift_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
@@ -346,7 +417,9 @@ def shift_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
     moved = np.max(np.abs(reference.forward_train(shifted, case.gamma, case.beta, case.eps, case.channel_axis)[0]
                           - reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]),
                    initial=0.0)
-    return [_self_check("y", y_shifted, y, case, scale, "y(x + c) vs y(x)", kappa, slack=float(moved) / scale)]
+    y_ref = reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
+    return [_self_check(ctx, "y", y_shifted, y, y_ref, case, scale, "y(x + c) vs y(x)", kappa,
+                        slack=float(moved) / scale)]
 
 
 def scale_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
@@ -366,24 +439,31 @@ def scale_invariance(ctx: Context, case: BNCase) -> list[Outcome]:
     y = ctx.call("forward_train", *_args(ctx, case))
     y_scaled = ctx.call("forward_train", (case.x * a).astype(case.x.dtype), *ctx.params(case), case.eps * a * a)
     kappa = condition_number(case.x, case.channel_axis, case.eps)
-    return [_self_check("y", y_scaled, y, case, _scales(case)["y"], f"y_(eps a^2)(a x) vs y(x), a={a:g}", kappa)]
+    y_ref = reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
+    return [_self_check(ctx, "y", y_scaled, y, y_ref, case, _scales(case)["y"], f"y_(eps a^2)(a x) vs y(x), a={a:g}",
+                        kappa)]
 
 
 def _metamorphic(ctx: Context, case: BNCase, into, outof, what: str) -> list[Outcome]:
-    """Run forward and backward on (x, dy) and on (into(x), into(dy)); compare with outof of the first."""
+    """Run forward (and backward, where provided) on (x, dy) and on (into(x), into(dy)); compare with
+    outof of the first."""
     dy = _cotangents(ctx, case)[0]
     y = ctx.call("forward_train", *_args(ctx, case))
     y2 = ctx.call("forward_train", into(case.x), *_args(ctx, case)[1:])
-    dx = _result(ctx.call("backward", *_args(ctx, case), dy), 3)[0]
-    dx2 = _result(ctx.call("backward", into(case.x), *_args(ctx, case)[1:], into(dy)), 3)[0]
     s = _scales(case, dy)
     kappa = condition_number(case.x, case.channel_axis, case.eps)
-    return [_self_check("y", y2, outof(y), case, s["y"], f"y({what}) vs y(x)", kappa),
-            _self_check("dx", dx2, outof(dx), case, s["dx"], f"dx({what}) vs dx(x)", kappa)]
+    y_ref = reference.forward_train(case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
+    out = [_self_check(ctx, "y", y2, outof(y), outof(y_ref), case, s["y"], f"y({what}) vs y(x)", kappa)]
+    if provides(ctx.candidate, "backward"):
+        dx = _result(ctx.call("backward", *_args(ctx, case), dy), 3)[0]
+        dx2 = _result(ctx.call("backward", into(case.x), *_args(ctx, case)[1:], into(dy)), 3)[0]
+        dx_ref = reference.backward(dy, case.x, case.gamma, case.beta, case.eps, case.channel_axis)[0]
+        out.append(_self_check(ctx, "dx", dx2, outof(dx), outof(dx_ref), case, s["dx"], f"dx({what}) vs dx(x)", kappa))
+    return out
 
 
 def batch_permutation(ctx: Context, case: BNCase) -> list[Outcome]:
-    """Permuting the batch axis permutes y and dx the same way.
+    """Permuting the batch axis permutes y and dx (where backward is provided) the same way.
 
     The statistics pool the whole batch, whatever its order.
     """
@@ -410,7 +490,8 @@ def sum_dx_zero(ctx: Context, case: BNCase) -> list[Outcome]:
         raise CandidateError(f"backward returned dx of shape {dx.shape}, expected {case.x.shape}")
     total = dx.astype(np.float64).sum(axis=case.axes.reduce).astype(dx.dtype)  # keeps dx's dtype for _check
     scale = _scales(case, dy)["dx"] * case.count
-    return [_check("dx", total, np.zeros(case.channels), case, scale, label="sum(dx) per channel")]
+    return [_check("dx", total, np.zeros(case.channels), case, scale, label="sum(dx) per channel",
+                   work=ctx.work_dtype(case))]
 
 
 def constant_channel(ctx: Context, case: BNCase) -> list[Outcome]:
@@ -426,7 +507,8 @@ def constant_channel(ctx: Context, case: BNCase) -> list[Outcome]:
     if y.shape != case.x.shape:
         raise CandidateError(f"forward_train returned shape {y.shape}, expected {case.x.shape}")
     masked = np.where(mask, y, expected.astype(case.x.dtype)) if y.dtype == case.x.dtype else y
-    return [_check("y", masked, expected, case, _scales(case)["y"], label="y on constant channels")]
+    return [_check("y", masked, expected, case, _scales(case)["y"], label="y on constant channels",
+                   work=ctx.work_dtype(case))]
 
 
 #: non-standard eps values: a wrong or hard-coded eps cannot agree with these (Theano's test trick)
@@ -443,7 +525,8 @@ def eps_honoured(ctx: Context, case: BNCase) -> list[Outcome]:
         probe = replace(case, eps=eps)
         y = ctx.call("forward_train", case.x, *ctx.params(case), eps)
         y_ref = reference.forward_train(case.x, case.gamma, case.beta, eps, case.channel_axis)[0]
-        out.append(_check("y", y, y_ref, probe, _scales(probe)["y"], label=f"y at eps={eps:g}"))
+        out.append(_check("y", y, y_ref, probe, _scales(probe)["y"], label=f"y at eps={eps:g}",
+                          work=ctx.work_dtype(case)))
     return out
 
 
@@ -460,7 +543,7 @@ def inputs_unchanged(ctx: Context, case: BNCase) -> list[Outcome]:
              "double_backward": (*_args(ctx, case), dy, ddx, ddgamma, ddbeta)}
     out = []
     for method, args in calls.items():
-        if not callable(getattr(ctx.candidate, method, None)):
+        if not provides(ctx.candidate, method):
             continue
         before = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
         ctx.call(method, *args)
@@ -474,7 +557,10 @@ def inputs_unchanged(ctx: Context, case: BNCase) -> list[Outcome]:
 
 
 def strides(ctx: Context, case: BNCase) -> list[Outcome]:
-    """Strided, column-major x and dy give the results of C-contiguous ones (memory read as if C-contiguous)."""
+    """Strided, column-major x and dy give the results of C-contiguous ones (memory read as if C-contiguous).
+
+    y always; dx where backward is provided.
+    """
     def strided(a):
         # every other element of a column-major buffer: neither C- nor F-contiguous
         big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype, order="F")
@@ -557,7 +643,11 @@ def _sharded(kind: str):
 
 @dataclass(frozen=True)
 class Property:
-    """A named correctness property: ``body(ctx, case) -> [Outcome]`` over cases of ``conditions``."""
+    """A named correctness property: ``body(ctx, case) -> [Outcome]`` over cases of ``conditions``.
+
+    ``requires``: the methods without which it is "not provided"; a body calls any other
+    method only where the candidate provides it (:func:`~bnref.oracle.protocol.provides`).
+    """
 
     name: str
     body: Callable[[Context, BNCase], list]
@@ -579,14 +669,15 @@ PROPERTIES: tuple[Property, ...] = (
     Property("forward_eval_large_var", forward_eval_large_var, ("forward_eval",)),
     Property("double_backward", double_backward, ("double_backward",)),
     Property("running_stats", running_stats, ("update_running",)),
+    Property("running_stats_steps", running_stats_steps, ("update_running_steps",)),
     Property("shift_invariance", shift_invariance, conditions=("well", "constant", "minimal")),
     Property("scale_invariance", scale_invariance),
-    Property("batch_permutation", batch_permutation, ("forward_train", "backward")),
+    Property("batch_permutation", batch_permutation),
     Property("sum_dx_zero", sum_dx_zero, ("backward",)),
     Property("constant_channel", constant_channel, conditions=("constant",)),
     Property("eps_honoured", eps_honoured, conditions=("well", "tiny_spread", "minimal")),
     Property("inputs_unchanged", inputs_unchanged),
-    Property("strides", strides, ("forward_train", "backward")),
+    Property("strides", strides),
     Property("sharded_uneven", _sharded("uneven"), SHARDED),
     Property("sharded_degenerate", _sharded("degenerate"), SHARDED),
 )

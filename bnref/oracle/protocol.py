@@ -12,12 +12,13 @@ Required::
     dtypes: tuple[str, ...]          # some of bnref.dtypes.NAMES, e.g. ("float32", "float64")
     channel_axis: int                # 1 or -1
     forward_train(x, gamma, beta, eps) -> y
-    backward(x, gamma, beta, eps, dy) -> (dx, dgamma, dbeta)
 
 Optional (the report says "not provided" where absent)::
 
+    backward(x, gamma, beta, eps, dy) -> (dx, dgamma, dbeta)   # absent in an inference runtime
     forward_eval(x, gamma, beta, running_mean, running_var, eps) -> y
     update_running(x, running_mean, running_var, momentum) -> (new_mean, new_var)
+    update_running_steps(xs, running_mean, running_var, momentum, step=None) -> (new_mean, new_var)
     double_backward(x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta) -> (gx, ggamma, gdy)
     forward_train_sharded(xs, gamma, beta, eps) -> ys          # cross-replica (synchronized) BN
     backward_sharded(xs, gamma, beta, eps, dys) -> (dxs, dgamma, dbeta)
@@ -25,6 +26,7 @@ Optional (the report says "not provided" where absent)::
     version: str                     # printed in the report header
     ranks: tuple[int, ...]           # the ranks of x it accepts (default 2..5)
     param_dtype: str | None          # None (default): parameters in x's dtype; "float32": see below
+    environment: dict[str, str]      # environment variables it needs (KERAS_BACKEND=jax): replay lines set them
 
 ``param_dtype`` says in which dtype a half-precision candidate (x in float16 or
 bfloat16) takes and returns its parameters: ``None`` (or absent) -- in x's dtype;
@@ -39,6 +41,12 @@ statistics in the candidate's own convention (momentum on the new or the old
 value, running variance with m or m - 1): the oracle measures the convention
 and checks the candidate against it.
 
+``update_running_steps`` performs one training step per batch of the list ``xs`` (all of x's
+shape), from a fresh state whose running statistics are ``running_mean``, ``running_var``
+(``step``: None for a fresh state), and returns the running statistics the layer reports
+after the last one: a debiased moving average (Haiku's ``ExponentialMovingAverage``) is
+measured as such and checked in that convention.
+
 The sharded methods take the batch cut along axis 0 into a list of shards (any
 sizes, 1 and 0 included), one per replica, and must normalize every shard with the
 statistics of the *whole* batch; ``dgamma``, ``dbeta`` are the whole batch's (summed
@@ -52,12 +60,12 @@ import numpy as np
 
 from bnref.dtypes import NAMES, unit_roundoff
 
-__all__ = ["Candidate", "OPTIONAL_METHODS", "REQUIRED_METHODS", "PARAM_DTYPES", "HALF_DTYPES", "provides",
-           "validate", "version_of", "ranks_of", "param_dtype_of", "half_dtypes_of"]
+__all__ = ["Candidate", "environment_of", "OPTIONAL_METHODS", "REQUIRED_METHODS", "PARAM_DTYPES", "HALF_DTYPES",
+           "provides", "validate", "version_of", "ranks_of", "param_dtype_of", "half_dtypes_of"]
 
-REQUIRED_METHODS = ("forward_train", "backward")
-OPTIONAL_METHODS = ("forward_eval", "update_running", "double_backward", "forward_train_sharded",
-                    "backward_sharded")
+REQUIRED_METHODS = ("forward_train",)
+OPTIONAL_METHODS = ("backward", "forward_eval", "update_running", "update_running_steps", "double_backward",
+                    "forward_train_sharded", "backward_sharded")
 DEFAULT_RANKS = (2, 3, 4, 5)
 #: the values ``candidate.param_dtype`` may take (None: the parameters have x's dtype)
 PARAM_DTYPES = (None, "float32")
@@ -76,10 +84,6 @@ class Candidate(Protocol):
     def forward_train(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
         ...
 
-    def backward(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
-                 dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ...
-
 
 def provides(candidate, method: str) -> bool:
     """Whether the candidate implements ``method`` (a callable attribute that is not None)."""
@@ -92,6 +96,11 @@ def version_of(candidate) -> str:
 
 def ranks_of(candidate) -> tuple[int, ...]:
     return tuple(getattr(candidate, "ranks", None) or DEFAULT_RANKS)
+
+
+def environment_of(candidate) -> dict[str, str]:
+    """The environment variables the candidate declares it needs (``candidate.environment``; default none)."""
+    return {str(k): str(v) for k, v in (getattr(candidate, "environment", None) or {}).items()}
 
 
 def param_dtype_of(candidate, dtype) -> np.dtype:

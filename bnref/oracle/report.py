@@ -53,8 +53,13 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """No correctness property failed, and every one ran."""
-        return not self.stopped and not any(r.failed for r in self.results)
+        """No correctness property failed, the fingerprint's probes found no defect, and every one ran."""
+        return not self.stopped and not any(r.failed for r in self.results) and not self.findings
+
+    @property
+    def findings(self) -> list[str]:
+        """Defects the fingerprint's probes saw (NaN/inf from finite input)."""
+        return list(self.fingerprint.findings) if self.fingerprint is not None else []
 
     @property
     def failed(self) -> list[PropertyResult]:
@@ -83,6 +88,7 @@ class Report:
         lines = [f"conventions (measured in {self.fingerprint.dtype}):",
                  render(None, self.fingerprint.rows(), indent="  ")]
         lines += [f"  note: {n}" for n in self.fingerprint.notes]
+        lines += [f"  FAIL (fingerprint): {f}" for f in self.fingerprint.findings]
         return "\n".join(lines)
 
     def failure_details(self) -> str:
@@ -105,8 +111,9 @@ class Report:
             n_left = sum(r.status == NOT_RUN for r in self.results)
             return (f"STOPPED: {self.stopped}; {n_fail} of {n_run} property checks failed, {n_left} not run "
                     f"({self.seconds:.1f} s)")
-        if n_fail:
-            return f"{n_fail} of {n_run} property checks FAILED ({self.seconds:.1f} s)"
+        found = f"; the fingerprint found {len(self.findings)} defect(s)" if self.findings else ""
+        if n_fail or found:
+            return f"{n_fail} of {n_run} property checks FAILED{found} ({self.seconds:.1f} s)"
         return f"all {n_run} property checks passed ({self.seconds:.1f} s)"
 
     def render(self) -> str:

@@ -162,7 +162,8 @@ class Interrupts(CorrectBN):
 
 class Inconsistent(CorrectBN):
     """forward_train returns a wrong shape, backward a float, forward_eval None, update_running a
-    short tuple, double_backward an unconvertible object: every method misbehaves at once."""
+    short tuple, update_running_steps a bare array, double_backward an unconvertible object: every
+    method misbehaves at once."""
 
     name = "all-wrong"
     dtypes = ("float64",)
@@ -178,6 +179,9 @@ class Inconsistent(CorrectBN):
 
     def update_running(self, x, running_mean, running_var, momentum):
         return (running_mean,)
+
+    def update_running_steps(self, xs, running_mean, running_var, momentum, step=None):
+        return running_mean
 
     def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
         return Unconvertible()

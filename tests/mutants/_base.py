@@ -127,6 +127,12 @@ class CorrectBN:
     def update_running(self, x, running_mean, running_var, momentum):
         return self.update_running_sharded([x], running_mean, running_var, momentum)
 
+    def update_running_steps(self, xs, running_mean, running_var, momentum, step=None):
+        stats = [tuple(s.reshape(-1) for s in self.stats(x)) for x in xs]
+        new = PYTORCH.update_running_steps(running_mean, running_var, [s[0] for s in stats], [s[1] for s in stats],
+                                           [self.count(x) for x in xs], momentum)
+        return new[0].astype(np.asarray(running_mean).dtype), new[1].astype(np.asarray(running_var).dtype)
+
     def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
         # autograd of autograd: the base needs a correct double backward, not a second derivation
         grads = reference.double_backward(ddx, ddgamma, ddbeta, dy, x, gamma, beta, eps, self.channel_axis)

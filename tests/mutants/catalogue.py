@@ -89,7 +89,8 @@ class GhostBatchStats(CorrectBN):
     """
 
     name = "ghost-batch-stats"
-    breaks = ("forward", "batch_permutation")
+    # batch_permutation compares the candidate with itself only where y(x) is right: forward sees it first
+    breaks = ("forward",)
 
     def stats(self, x):
         return super().stats(x[: max(1, len(x) // 2)])
@@ -261,6 +262,17 @@ class MomentumDropped(CorrectBN):
         return super().update_running(x, running_mean, running_var, 0.0)
 
 
+class StepsDiscardUpdates(CorrectBN):
+    """Each step updates a copy of the running buffers that is never written back: after several
+    steps the statistics are those of one step from the initial state with the last batch."""
+
+    name = "steps-discard-updates"
+    breaks = ("running_stats_steps",)
+
+    def update_running_steps(self, xs, running_mean, running_var, momentum, step=None):
+        return self.update_running(xs[-1], running_mean, running_var, momentum)
+
+
 #: a moving average of the batch's 1/sqrt(var + eps), stored as it comes
 _RUNNING_INVSTD = Convention("running-invstd", running_var="biased")
 
@@ -315,6 +327,33 @@ class IgnoresStrides(CorrectBN):
 
     def backward(self, x, gamma, beta, eps, dy):
         return super().backward(self._memory(x), gamma, beta, eps, self._memory(dy))
+
+
+class OrderBlindCache(CorrectBN):
+    """Results cached under a key blind to the order of the batch (shape and sum of x), so a permuted
+    batch gets the cached output of the unpermuted one, rows in the old order.
+    """
+
+    name = "order-blind-cache"
+    breaks = ("batch_permutation",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cache = {}
+
+    def _cached(self, method, compute, x, *args):
+        order_blind = lambda a: (a.shape, a.dtype.str, float(np.sum(np.asarray(a, np.float64))))  # noqa: E731
+        key = (method, order_blind(x), *(order_blind(a) if np.ndim(a) == np.ndim(x) else
+                                         (np.asarray(a).tobytes() if np.ndim(a) else a) for a in args))
+        if key not in self._cache:
+            self._cache[key] = compute(x, *args)
+        return self._cache[key]
+
+    def forward_train(self, x, gamma, beta, eps):
+        return self._cached("forward", super().forward_train, x, gamma, beta, eps)
+
+    def backward(self, x, gamma, beta, eps, dy):
+        return self._cached("backward", super().backward, x, gamma, beta, eps, dy)
 
 
 # ----------------------------------------------------------------------------- sharded (synchronized) batch norm
@@ -514,6 +553,7 @@ class EpsFlushedInHalf(CorrectBN):
 MUTANTS = (NaiveVariance, NormalizeUnbiased, StatsOverWrongAxes, ChannelsLastStats, GhostBatchStats,
            EpsOutsideSqrt, HardcodedEps, NanOnConstantChannel, DxMissingMeanTerm, DxMissingVarianceTerm,
            HalfVarianceTerm, DgammaWithX, DbetaMean, DoubleBackwardMissingTerm, EvalUsesBatchStats,
-           EvalMissingEps, InconsistentMomentum, MomentumDropped, RunningVarStoresInvstd, MutatesInput,
-           IgnoresStrides, AverageOfShardStatistics, ShardUnbiasedVariance, LocalCountRunning, HalfAccumulation,
-           HalfNaiveVariance, ParamsDowncastToHalf, RunningStatsInBfloat16, HalfBackward, EpsFlushedInHalf)
+           EvalMissingEps, InconsistentMomentum, MomentumDropped, StepsDiscardUpdates, RunningVarStoresInvstd,
+           MutatesInput, IgnoresStrides, OrderBlindCache, AverageOfShardStatistics, ShardUnbiasedVariance,
+           LocalCountRunning, HalfAccumulation, HalfNaiveVariance, ParamsDowncastToHalf, RunningStatsInBfloat16,
+           HalfBackward, EpsFlushedInHalf)
