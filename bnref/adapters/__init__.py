@@ -23,6 +23,9 @@ ADAPTERS: dict[str, str] = {
     "keras": "bnref.adapters._keras:KerasCandidate",
     "keras-mixed-bf16": "bnref.adapters._keras:KerasMixedBf16Candidate",
     "seed": "bnref.adapters._seed:SeedCandidate",
+    "equinox": "bnref.adapters._equinox:EquinoxCandidate",
+    "equinox-batch": "bnref.adapters._equinox:EquinoxBatchCandidate",
+    "haiku": "bnref.adapters._haiku:HaikuCandidate",
 }
 
 
