@@ -1,8 +1,9 @@
 """Keras 3 on the PyTorch backend: ``keras.layers.BatchNormalization``, gradients through ``torch.autograd``.
 
 The layer (``axis=-1``, channels-last, Keras' default) runs through ``stateless_call`` as in the
-``keras`` adapter, with torch tensors as its variables, so that gamma and beta are leaves of torch's graph; ``backward`` and
-``double_backward`` are :class:`~bnref.adapters._torch.TorchCandidate`'s, on this forward.
+``keras`` adapter, with torch tensors as its variables, so that gamma and beta are leaves of torch's
+graph; ``backward`` and ``double_backward`` are :class:`~bnref.adapters._torch.TorchCandidate`'s,
+on this forward.
 
 ``KERAS_BACKEND`` must be ``torch`` before Keras is first imported, and Keras cannot switch
 backends afterwards: the adapter sets it when Keras is not imported yet and refuses (ImportError)

@@ -39,7 +39,8 @@ class OnnxRuntimeCandidate:
 
         self._onnx, self._ort = onnx, onnxruntime
         self._sessions: OrderedDict = OrderedDict()
-        self.version = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider), onnx {onnx.__version__}, opset {OPSET}"
+        self.version = (f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider), onnx {onnx.__version__}, "
+                        f"opset {OPSET}")
 
     def _model(self, dtype, rank, eps, momentum, training):
         """The serialized one-node model for x of ``dtype`` and ``rank``."""
