@@ -16,13 +16,19 @@ ADAPTERS: dict[str, str] = {
     "torch": "bnref.adapters._torch:TorchCandidate",
     "torch-channels-last": "bnref.adapters._torch:TorchChannelsLastCandidate",
     "torch-mixed": "bnref.adapters._torch:TorchMixedCandidate",
+    "torch-compile": "bnref.adapters._torch_compile:TorchCompileCandidate",
     "flax": "bnref.adapters._flax:FlaxCandidate",
     "flax-two-pass": "bnref.adapters._flax:FlaxTwoPassCandidate",
     "flax-bf16": "bnref.adapters._flax:FlaxBf16Candidate",
     "flax-sync": "bnref.adapters._flax_sync:FlaxSyncCandidate",
     "keras": "bnref.adapters._keras:KerasCandidate",
     "keras-mixed-bf16": "bnref.adapters._keras:KerasMixedBf16Candidate",
+    "keras-torch": "bnref.adapters._keras_torch:KerasTorchCandidate",
     "seed": "bnref.adapters._seed:SeedCandidate",
+    "equinox": "bnref.adapters._equinox:EquinoxCandidate",
+    "equinox-batch": "bnref.adapters._equinox:EquinoxBatchCandidate",
+    "haiku": "bnref.adapters._haiku:HaikuCandidate",
+    "onnxruntime": "bnref.adapters._onnxruntime:OnnxRuntimeCandidate",
 }
 
 

@@ -87,3 +87,13 @@ class JaxVjpMixin:
         grads = self._jit("double_backward", self._double_backward)(x, gamma, beta, self._eps(eps, x), dy, ddx,
                                                                     ddgamma, ddbeta)
         return tuple(np.array(g) for g in grads)
+
+
+class JaxEvalMixin:
+    """``forward_eval`` of a JAX-based adapter from its jittable
+    ``_eval(x, gamma, beta, running_mean, running_var, eps)`` (next to :class:`JaxVjpMixin`)."""
+
+    def forward_eval(self, x, gamma, beta, running_mean, running_var, eps):
+        x, = self._arrays(x)
+        gamma, beta, rm, rv = self._params(x, gamma, beta, running_mean, running_var)
+        return np.array(self._jit("eval", self._eval)(x, gamma, beta, rm, rv, self._eps(eps, x)))
