@@ -71,6 +71,9 @@ CONVENTIONS: dict[str, str] = {
     "running variance": "running_variance",
     "momentum": "momentum",
     "single value per channel": "single_value_per_channel",
+    "eps stored as": "eps_stored_as",
+    "momentum stored as": "momentum_stored_as",
+    "float64 computed in": "float64_computed_in",
     "accumulation precision": "statistics_accumulated_in",
 }
 FORMAT = "bnref-conformance"
