@@ -12,13 +12,20 @@ exponent range). The format is a runtime argument, so each kernel compiles once 
   subnormals to +-0, NaN to a quiet NaN of the same sign. Rounding a float64 *directly* is the
   point: float64 -> float32 -> half rounds twice and is off by an ulp where the first rounding
   lands on a midpoint of the second.
+* :func:`half_bits_branch_free` is the same rounding written without branches, so that a loop
+  calling it vectorizes: float64 -> float32 rounded to odd, then float32 -> half to nearest even.
+  Rounding to odd first is exact for this: the float32 keeps at least 2 bits below the half's
+  last place, and its odd last bit records whether anything was cut off below it, so no float32
+  result lands on a half midpoint unless the float64 value was that midpoint (Boldo and
+  Melquiond, "When double rounding is odd", 2005).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-__all__ = ["FLOAT16_FRACTION_BITS", "BFLOAT16_FRACTION_BITS", "half_value", "half_bits", "float16_bits",
+__all__ = ["FLOAT16_FRACTION_BITS", "BFLOAT16_FRACTION_BITS", "half_value", "half_bits", "half_bits_branch_free",
+           "float16_bits",
            "bfloat16_bits", "narrow_bits", "widen_bits"]
 
 FLOAT16_FRACTION_BITS = 10
@@ -82,6 +89,36 @@ def half_bits(value, fraction_bits):
 
 
 @njit(cache=True, nogil=True)
+def half_bits_branch_free(value, fraction_bits):
+    """:func:`half_bits`, bit for bit, in selects and integer arithmetic (see the module docstring).
+
+    Round to odd: the float32 rounded to nearest, stepped one ulp toward zero where it landed
+    beyond the value (then it is the value truncated), and its last bit set where it is inexact.
+    To the half: a normal result adds half the dropped quantum minus one plus the kept lsb to the
+    rebiased bits (a carry moves into the exponent, and past the largest value onto infinity,
+    which is clamped); a subnormal one adds the float32 whose ulp is the half's subnormal quantum,
+    so that the float32 addition rounds to nearest even, and subtracts its bits (Giesen's
+    method). A NaN gives the quiet NaN of its sign."""
+    narrow = np.float32(value)
+    wide = np.float64(narrow)
+    bits = np.int64(narrow.view(np.uint32))
+    bits = bits - np.int64(abs(wide) > abs(value)) | np.int64(wide != value)
+    sign = (bits >> 16) & 0x8000
+    magnitude = bits & 0x7FFFFFFF
+    shift = 23 - fraction_bits
+    rebias = 127 - ((1 << (14 - fraction_bits)) - 1)
+    infinity = ((1 << (15 - fraction_bits)) - 1) << fraction_bits
+    rebiased = magnitude - (rebias << 23)
+    normal = min((rebiased + ((1 << (shift - 1)) - 1) + ((rebiased >> shift) & 1)) >> shift, infinity)
+    magic = np.int64((rebias + shift + 1) << 23)
+    rounded = np.float32(np.uint32(magnitude).view(np.float32) + np.uint32(magic).view(np.float32))
+    subnormal = np.int64(rounded.view(np.uint32)) - magic
+    pattern = subnormal if magnitude < ((rebias + 1) << 23) else normal
+    pattern = (infinity | (1 << (fraction_bits - 1))) if magnitude > 0x7F800000 else pattern
+    return sign | pattern
+
+
+@njit(cache=True, nogil=True)
 def float16_bits(value):
     """``value`` (float64) rounded to the nearest float16, as its bit pattern."""
     return half_bits(value, FLOAT16_FRACTION_BITS)
@@ -97,7 +134,7 @@ def bfloat16_bits(value):
 def narrow_bits(values, fraction_bits, out):
     """``out[i] = half_bits(values[i])`` for float64 ``values`` into a uint16 ``out`` (both 1-D)."""
     for i in range(values.shape[0]):
-        out[i] = half_bits(values[i], fraction_bits)
+        out[i] = half_bits_branch_free(values[i], fraction_bits)
 
 
 @njit(cache=True, nogil=True)
