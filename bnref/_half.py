@@ -13,11 +13,9 @@ exponent range). The format is a runtime argument, so each kernel compiles once 
   point: float64 -> float32 -> half rounds twice and is off by an ulp where the first rounding
   lands on a midpoint of the second.
 * :func:`half_bits_branch_free` is the same rounding written without branches, so that a loop
-  calling it vectorizes: float64 -> float32 rounded to odd, then float32 -> half to nearest even.
-  Rounding to odd first is exact for this: the float32 keeps at least 2 bits below the half's
-  last place, and its odd last bit records whether anything was cut off below it, so no float32
-  result lands on a half midpoint unless the float64 value was that midpoint (Boldo and
-  Melquiond, "When double rounding is odd", 2005).
+  calling it vectorizes: one float64 addition rounds the magnitude to a multiple of the target's
+  quantum (the add-and-subtract-a-shifter trick, whose sum has exactly that quantum as its ulp),
+  and the rounded value, now exact in float32, is turned into its pattern.
 """
 from __future__ import annotations
 
@@ -36,22 +34,19 @@ BFLOAT16_FRACTION_BITS = 7
 def half_value(h, fraction_bits):
     """The value of the 16-bit pattern ``h`` (format with ``fraction_bits``) as float64, exactly.
 
-    A normal or special pattern maps to float32 bits by moving the exponent field (a different
-    bias: 127 - (2^(14-F) - 1)); a subnormal one is renormalized by adding and removing the
-    smallest normal's float32 (Giesen's method), exact in float32."""
+    The pattern's fields moved to float32's places (sign, exponent, fraction) make a float32 whose
+    value is the pattern's times 2^-rebias (the difference of the exponent biases), subnormal or
+    not: a half subnormal lands on a float32 subnormal, exact (no flush to zero here). Widened to
+    float64 and scaled back by 2^rebias, both exact. Inf and NaN keep float32's all-ones exponent.
+    Selects only, so that a loop calling it vectorizes."""
     h = np.int64(h)
     mag = h & 0x7FFF
     shift = 23 - fraction_bits
     rebias = 127 - ((1 << (14 - fraction_bits)) - 1)
-    exponent = mag >> fraction_bits
-    if exponent == 0:  # zero or subnormal: (1 + f/2^F) * 2^emin - 2^emin
-        magic = np.uint32((rebias + 1) << 23).view(np.float32)
-        value = np.float64(np.uint32((mag << shift) + ((rebias + 1) << 23)).view(np.float32) - magic)
-    elif exponent == (1 << (15 - fraction_bits)) - 1:  # inf or NaN: float32's all-ones exponent
-        value = np.float64(np.uint32((mag << shift) | 0x7F800000).view(np.float32))
-    else:
-        value = np.float64(np.uint32((mag << shift) + (rebias << 23)).view(np.float32))
-    return -value if h & 0x8000 else value
+    special = mag >= (((1 << (15 - fraction_bits)) - 1) << fraction_bits)
+    bits = ((h & 0x8000) << 16) | (mag << shift) | (0x7F800000 if special else 0)
+    scale = 1.0 if special else np.uint64((rebias + 1023) << 52).view(np.float64)
+    return np.float64(np.uint32(bits).view(np.float32)) * scale
 
 
 @njit(cache=True, nogil=True)
@@ -89,33 +84,37 @@ def half_bits(value, fraction_bits):
 
 
 @njit(cache=True, nogil=True)
-def half_bits_branch_free(value, fraction_bits):
-    """:func:`half_bits`, bit for bit, in selects and integer arithmetic (see the module docstring).
+def _power_of_two(k):
+    """2.0^k as float64, exactly, for a normal exponent ``k``."""
+    return np.uint64((k + 1023) << 52).view(np.float64)
 
-    Round to odd: the float32 rounded to nearest, stepped one ulp toward zero where it landed
-    beyond the value (then it is the value truncated), and its last bit set where it is inexact.
-    To the half: a normal result adds half the dropped quantum minus one plus the kept lsb to the
-    rebiased bits (a carry moves into the exponent, and past the largest value onto infinity,
-    which is clamped); a subnormal one adds the float32 whose ulp is the half's subnormal quantum,
-    so that the float32 addition rounds to nearest even, and subtracts its bits (Giesen's
-    method). A NaN gives the quiet NaN of its sign."""
-    narrow = np.float32(value)
-    wide = np.float64(narrow)
-    bits = np.int64(narrow.view(np.uint32))
-    bits = bits - np.int64(abs(wide) > abs(value)) | np.int64(wide != value)
-    sign = (bits >> 16) & 0x8000
-    magnitude = bits & 0x7FFFFFFF
-    shift = 23 - fraction_bits
-    rebias = 127 - ((1 << (14 - fraction_bits)) - 1)
-    infinity = ((1 << (15 - fraction_bits)) - 1) << fraction_bits
-    rebiased = magnitude - (rebias << 23)
-    normal = min((rebiased + ((1 << (shift - 1)) - 1) + ((rebiased >> shift) & 1)) >> shift, infinity)
-    magic = np.int64((rebias + shift + 1) << 23)
-    rounded = np.float32(np.uint32(magnitude).view(np.float32) + np.uint32(magic).view(np.float32))
-    subnormal = np.int64(rounded.view(np.uint32)) - magic
-    pattern = subnormal if magnitude < ((rebias + 1) << 23) else normal
-    pattern = (infinity | (1 << (fraction_bits - 1))) if magnitude > 0x7F800000 else pattern
-    return sign | pattern
+
+@njit(cache=True, nogil=True)
+def half_bits_branch_free(value, fraction_bits):
+    """:func:`half_bits`, bit for bit, in float64 arithmetic and selects (see the module docstring).
+
+    The magnitude, clamped to 2^(emax+1) (whose pattern is infinity's), has the quantum
+    q = 2^(max(e, emin) - F). Adding and subtracting 1.5 * 2^52 * q rounds it to a multiple of q,
+    ties to even, in one float64 addition: the sum lies in [2^52 q, 2^53 q), where float64's ulp is
+    q. The rounded value is a half value (or 2^(emax+1)), exact in float32, whose bits give the
+    pattern: shifted and rebiased for a normal, its multiple of the smallest subnormal for a
+    subnormal. A NaN gives the quiet NaN of its sign."""
+    sign = (np.float64(value).view(np.int64) >> 48) & 0x8000
+    emin = 2 - (1 << (14 - fraction_bits))
+    beyond = _power_of_two(1 << (14 - fraction_bits))
+    magnitude = abs(value)
+    clamped = magnitude if magnitude < beyond else beyond  # NaN too: replaced below
+    # 2^e, or 0 below float64's normals
+    power = np.int64(np.float64(clamped).view(np.int64) & 0x7FF0000000000000).view(np.float64)
+    quantum = max(power * _power_of_two(-fraction_bits), _power_of_two(emin - fraction_bits))
+    shifter = quantum * (1.5 * _power_of_two(52))
+    rounded = (clamped + shifter) - shifter
+    wide = np.int64(np.float32(rounded).view(np.uint32))
+    normal = (wide >> (23 - fraction_bits)) - ((127 - 1 + emin) << fraction_bits)
+    subnormal = np.int64(rounded * _power_of_two(fraction_bits - emin))
+    pattern = subnormal if rounded < _power_of_two(emin) else normal
+    nan = (((1 << (15 - fraction_bits)) - 1) << fraction_bits) | (1 << (fraction_bits - 1))
+    return sign | (nan if value != value else pattern)
 
 
 @njit(cache=True, nogil=True)
