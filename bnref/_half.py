@@ -96,9 +96,8 @@ def half_bits_branch_free(value, fraction_bits):
     The magnitude, clamped to 2^(emax+1) (whose pattern is infinity's), has the quantum
     q = 2^(max(e, emin) - F). Adding and subtracting 1.5 * 2^52 * q rounds it to a multiple of q,
     ties to even, in one float64 addition: the sum lies in [2^52 q, 2^53 q), where float64's ulp is
-    q. The rounded value is a half value (or 2^(emax+1)), exact in float32, whose bits give the
-    pattern: shifted and rebiased for a normal, its multiple of the smallest subnormal for a
-    subnormal. A NaN gives the quiet NaN of its sign."""
+    q. The rounded value is a half value (or 2^(emax+1)); scaled by 2^-rebias it is a float32
+    holding the pattern's fields, as in :func:`half_value`. A NaN gives the quiet NaN of its sign."""
     sign = (np.float64(value).view(np.int64) >> 48) & 0x8000
     emin = 2 - (1 << (14 - fraction_bits))
     beyond = _power_of_two(1 << (14 - fraction_bits))
@@ -109,10 +108,10 @@ def half_bits_branch_free(value, fraction_bits):
     quantum = max(power * _power_of_two(-fraction_bits), _power_of_two(emin - fraction_bits))
     shifter = quantum * (1.5 * _power_of_two(52))
     rounded = (clamped + shifter) - shifter
-    wide = np.int64(np.float32(rounded).view(np.uint32))
-    normal = (wide >> (23 - fraction_bits)) - ((127 - 1 + emin) << fraction_bits)
-    subnormal = np.int64(rounded * _power_of_two(fraction_bits - emin))
-    pattern = subnormal if rounded < _power_of_two(emin) else normal
+    # times 2^-rebias: a float32 whose bits are the pattern's fields at float32's places, a half
+    # subnormal on a float32 subnormal (the inverse of half_value), exact
+    scaled = np.float32(rounded * _power_of_two(-(126 + emin)))
+    pattern = np.int64(scaled.view(np.uint32)) >> (23 - fraction_bits)
     nan = (((1 << (15 - fraction_bits)) - 1) << fraction_bits) | (1 << (fraction_bits - 1))
     return sign | (nan if value != value else pattern)
 
