@@ -23,8 +23,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["FLOAT16_FRACTION_BITS", "BFLOAT16_FRACTION_BITS", "half_value", "half_bits", "half_bits_branch_free",
-           "float16_bits",
-           "bfloat16_bits", "narrow_bits", "widen_bits"]
+           "float16_bits", "bfloat16_bits", "narrow_bits", "widen_bits"]
 
 FLOAT16_FRACTION_BITS = 10
 BFLOAT16_FRACTION_BITS = 7
