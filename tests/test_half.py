@@ -9,6 +9,7 @@ from fractions import Fraction
 import ml_dtypes
 import numpy as np
 import pytest
+from numba import njit
 
 import bnref
 import bnref.sync
@@ -27,9 +28,20 @@ def _values(name):
         return PATTERNS.view(np.dtype(name)).astype(np.float64)
 
 
-def _narrow(values, name):
+@njit
+def _narrow_bits_with_branches(values, fraction_bits, out):
+    for i in range(values.shape[0]):
+        out[i] = _half.half_bits(values[i], fraction_bits)
+
+
+#: both roundings: the kernels' branch-free one (through narrow_bits, a loop that vectorizes, so
+#: its vector code and its scalar tail both run) and the direct one it must equal bit for bit
+NARROWINGS = {"branch_free": _half.narrow_bits, "with_branches": _narrow_bits_with_branches}
+
+
+def _narrow(values, name, narrowing="branch_free"):
     bits = np.empty(values.shape, np.uint16)
-    _half.narrow_bits(np.ascontiguousarray(values, np.float64), HALF[name], bits)
+    NARROWINGS[narrowing](np.ascontiguousarray(values, np.float64), HALF[name], bits)
     return bits
 
 
@@ -71,9 +83,10 @@ def _reference_bits(points, ladder):
 
 
 @pytest.mark.parametrize("name", HALF)
-def test_narrowing_is_round_to_nearest_even_at_every_value_and_midpoint(name):
+@pytest.mark.parametrize("narrowing", NARROWINGS)
+def test_narrowing_is_round_to_nearest_even_at_every_value_and_midpoint(name, narrowing):
     ladder, points = _test_points(name)
-    got = _narrow(points, name)
+    got = _narrow(points, name, narrowing)
     expected = _reference_bits(points, ladder)
     bad = np.flatnonzero(got != expected)
     assert not bad.size, [(float(points[k]), hex(got[k]), hex(expected[k])) for k in bad[:5]]
@@ -99,31 +112,46 @@ def _fraction_rounding(v, ladder):
 
 
 @pytest.mark.parametrize("name", HALF)
-def test_narrowing_specials(name):
+@pytest.mark.parametrize("narrowing", NARROWINGS)
+def test_narrowing_specials(name, narrowing):
     row = dtype_info(name)
-    infinity = _narrow(np.array([np.inf]), name)[0]
-    assert _narrow(np.array([np.inf, -np.inf, 0.0, -0.0]), name).tolist() == [infinity, infinity | 0x8000, 0,
-                                                                             0x8000]
-    nan = _narrow(np.array([np.nan, -np.nan]), name).view(row.numpy).astype(np.float64)
+    infinity = _narrow(np.array([np.inf]), name, narrowing)[0]
+    signed = _narrow(np.array([np.inf, -np.inf, 0.0, -0.0]), name, narrowing)
+    assert signed.tolist() == [infinity, infinity | 0x8000, 0, 0x8000]
+    nan = _narrow(np.array([np.nan, -np.nan]), name, narrowing).view(row.numpy).astype(np.float64)
     assert np.isnan(nan).all()
-    assert _narrow(np.array([row.max_finite]), name).view(row.numpy)[0] == row.max_finite
+    assert _narrow(np.array([row.max_finite]), name, narrowing).view(row.numpy)[0] == row.max_finite
     # the scalar functions the kernels call are the same rounding
     scalar = _half.float16_bits if name == "float16" else _half.bfloat16_bits
     for v in (1.0 + 2.0 ** -12, 65519.99, 65520.0, 2.0 ** -25, 3 * 2.0 ** -26, -1e-30, 1e38, 3.4e38):
-        assert scalar(v) == _narrow(np.array([v]), name)[0]
+        assert scalar(v) == _narrow(np.array([v]), name, narrowing)[0]
 
 
-def test_float16_overflow_threshold_and_subnormal_ties():
+@pytest.mark.parametrize("narrowing", NARROWINGS)
+def test_float16_overflow_threshold_and_subnormal_ties(narrowing):
     bits = _narrow(np.array([65504.0, 65519.99, 65520.0, 2.0 ** -25, np.nextafter(2.0 ** -25, 1), 3 * 2.0 ** -25]),
-                   "float16")
+                   "float16", narrowing)
     assert bits.tolist() == [0x7BFF, 0x7BFF, 0x7C00, 0, 1, 2]
 
 
-def test_bfloat16_rounds_once_where_float32_first_would_round_twice():
+@pytest.mark.parametrize("narrowing", NARROWINGS)
+def test_bfloat16_rounds_once_where_float32_first_would_round_twice(narrowing):
     # 1 + 2^-8 + 2^-30 is just above a bfloat16 midpoint; float32 rounds it onto the midpoint first
     v = 1.0 + 2.0 ** -8 + 2.0 ** -30
-    assert _narrow(np.array([v]), "bfloat16")[0] == np.array([1.0 + 2.0 ** -7], ml_dtypes.bfloat16).view(np.uint16)[0]
+    expected = np.array([1.0 + 2.0 ** -7], ml_dtypes.bfloat16).view(np.uint16)[0]
+    assert _narrow(np.array([v]), "bfloat16", narrowing)[0] == expected
     assert np.float32(v) == np.float32(1.0 + 2.0 ** -8)
+
+
+@pytest.mark.parametrize("name", HALF)
+def test_branch_free_rounding_equals_the_direct_one_on_random_bit_patterns(name):
+    # every float64 exponent, NaN payloads of both signs included; one mismatch is a wrong pattern
+    rng = np.random.default_rng(7)
+    values = rng.integers(0, 1 << 64, size=1 << 20, dtype=np.uint64).view(np.float64)
+    got, expected = (_narrow(values, name, narrowing) for narrowing in ("branch_free", "with_branches"))
+    bad = np.flatnonzero(got != expected)
+    assert not bad.size, [(float(values[k]), hex(got[k]), hex(expected[k])) for k in bad[:5]]
+    assert (np.isnan(values) == ((got & 0x7FFF) > _narrow(np.array([np.inf]), name)[0])).all()
 
 
 # ---------------------------------------------------------------- the public functions
@@ -284,9 +312,9 @@ _BROKEN = textwrap.dedent("""
         above = np.array([nearest], np.uint16).view(np.float16)[0] > abs(value)
         return (0x8000 if value < 0 else 0) | (nearest - 1 if above else nearest)
 
-    correct = bnref._kernels.half_bits
+    correct = bnref._kernels.half_bits_branch_free
     if sys.argv[1] == "truncate":
-        bnref._kernels.half_bits = truncated
+        bnref._kernels.half_bits_branch_free = truncated
     verdicts = []
     for seed in range(4):
         case = make_case((16, 3, 4), "float16", 1, "well", seed=seed)
