@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from bnref.dtypes import KERNEL_DTYPES
+from bnref.dtypes import KERNEL_DTYPES, dtype_info
 
 #: the dtypes the kernels take (the rows of :data:`bnref.dtypes.DTYPES` marked ``kernels``)
 SUPPORTED_DTYPES = KERNEL_DTYPES
@@ -69,7 +69,7 @@ def same_shape(name: str, value, x: np.ndarray) -> np.ndarray:
 def one_of(name: str, arr: np.ndarray, allowed: tuple[str, ...], x_dtype, what: str) -> np.ndarray:
     """``arr``, or a TypeError unless its dtype is one of ``allowed`` (the combinations that
     :data:`bnref.dtypes.DTYPES` allows with ``x_dtype``; ``what`` names the kind of argument)."""
-    if arr.dtype.name in allowed:
+    if dtype_info(arr.dtype).name in allowed:
         return arr
     x_dtype = np.dtype(x_dtype)
     if allowed == (x_dtype.name,):

@@ -126,13 +126,6 @@ class Convention:
             mean, var = mean / correction, var / correction
         return mean, var
 
-    def momentum_for(self, other: "Convention", momentum: float) -> float:
-        """The momentum that gives the same update in ``other``'s form (``0.99`` old-weighted is ``0.01``)."""
-        w = self.weight(momentum)
-        if other.momentum == "fixed":
-            raise ValueError(f"{other.name} ignores momentum: no momentum gives weight {w:g}")
-        return w if other.momentum == "new" else 1.0 - w
-
     def describe(self) -> str:
         eps = "sqrt(var + eps)" if self.eps == "inside" else "sqrt(var) + eps"
         weighs = {"new": "weighs the batch statistic", "old": "weighs the running value",

@@ -70,6 +70,8 @@ NAMES: tuple[str, ...] = tuple(DTYPES)
 KERNEL_NAMES: tuple[str, ...] = tuple(name for name, row in DTYPES.items() if row.kernels)
 KERNEL_DTYPES: tuple[np.dtype, ...] = tuple(row.numpy for row in DTYPES.values() if row.kernels)
 
+_BY_NUMPY: dict[np.dtype, DType] = {row.numpy: row for row in DTYPES.values()}
+
 
 def dtype_info(dtype) -> DType:
     """The row of ``dtype`` (a name, NumPy dtype or type).
@@ -77,6 +79,9 @@ def dtype_info(dtype) -> DType:
     Raises:
         TypeError: a dtype bnref does not know, naming the ones it does.
     """
+    row = _BY_NUMPY.get(dtype) if isinstance(dtype, np.dtype) else None
+    if row is not None:  # the common case, on every call of the kernels: dtype.name costs microseconds
+        return row
     try:
         name = np.dtype(dtype).name
     except TypeError:
