@@ -17,6 +17,8 @@ to float32. Paddle writes the running statistics in place: it gets copies, never
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -27,8 +29,11 @@ class PaddleCandidate:
     ranks = (2, 3, 4, 5)
 
     def __init__(self):
-        import paddle
-        import paddle.nn.functional as F
+        with warnings.catch_warnings():
+            # paddle's C++-extension helper warns on import when ccache is absent; no extension is built here
+            warnings.filterwarnings("ignore", message="No ccache found")
+            import paddle
+            import paddle.nn.functional as F
 
         paddle.set_device("cpu")
         self._paddle, self._F = paddle, F
@@ -43,8 +48,7 @@ class PaddleCandidate:
     def _bn(self, x, gamma, beta, eps, *, training, stats=None, momentum=0.9):
         if stats is None:  # batch statistics: the running ones are written and thrown away
             channels = x.shape[1]
-            stats = (self._tensor(np.zeros(channels, x.numpy().dtype)),
-                     self._tensor(np.ones(channels, x.numpy().dtype)))
+            stats = (self._paddle.zeros([channels], x.dtype), self._paddle.ones([channels], x.dtype))
         return self._F.batch_norm(x, *stats, gamma, beta, training=training, momentum=momentum, epsilon=eps)
 
     @staticmethod
