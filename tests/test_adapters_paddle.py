@@ -94,3 +94,12 @@ def test_no_false_alarm_paddle():
     assert rows["eps stored as"].startswith("float32")
     assert rows["momentum stored as"].startswith("float32")
     assert not report.fingerprint.findings
+
+
+def test_paddle_single_value_per_channel_is_passed_through(candidate):
+    """m = 1 in training: Paddle copies x to y (no gamma, no beta) and leaves the running statistics alone
+    (https://github.com/PaddlePaddle/Paddle/issues/11445), where the formula gives y = beta."""
+    x, gamma, beta = np.array([[0.5, -2.0, 7.0]]), np.full(3, 1.5), np.array([0.25, -1.0, 2.0])
+    assert np.array_equal(candidate.forward_train(x, gamma, beta, 1e-5), x)
+    new_mean, new_var = candidate.update_running(x, np.zeros(3), np.ones(3), 0.9)
+    assert np.array_equal(new_mean, np.zeros(3)) and np.array_equal(new_var, np.ones(3))

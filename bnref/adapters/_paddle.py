@@ -14,6 +14,8 @@ layout to the kernel), ranks 2 to 5: the kernel refuses rank 6 and above. The CP
 registered for float32 and float64 only (float16 and bfloat16 raise "kernel ... is not registered").
 ``epsilon`` and ``momentum`` are float32 operator attributes: on float64 data both arrive rounded
 to float32. Paddle writes the running statistics in place: it gets copies, never the caller's arrays.
+A channel holding a single value in training (m = 1) is passed through: y = x, gamma and beta not
+applied, running statistics unchanged (https://github.com/PaddlePaddle/Paddle/issues/11445).
 """
 from __future__ import annotations
 
