@@ -9,12 +9,14 @@ rounded to the half type. The batch mean is ``half(half(sum(x)) * half(1/m))``, 
 the mean rounded once, so
 
 * a constant channel is not centred to 0: three float16 values 0.8218 have the mean 0.8213, and
-  ``y = (x - mean) * rsqrt(0 + eps)`` comes out 0.15 instead of beta = 0 (bfloat16: -0.78);
+  ``y = (x - mean) * rsqrt(0 + eps)`` comes out 0.15 instead of beta = 0 (bfloat16: -0.78); three
+  bfloat16 values 346 have the mean 348 and the variance 4;
 * two adjacent values, [120.8125, 120.75] in float16, give y = [1.41, 0] instead of
-  [0.995, -0.995], and the gradient follows the same rounded mean (dx about 20 times the exact one);
-* the running variance (unbiased, taken around the rounded mean) and the eval-mode output (several
-  roundings of (x - running_mean) * rsqrt(running_var + eps) * weight + bias) are off by more than
-  the half type's rounding of the exact value.
+  [0.995, -0.995], and the gradient follows the same rounded mean (dx over 100 times the exact one);
+* the running variance (unbiased, taken around the rounded mean) is off (bfloat16: 0.625 for 0.5625),
+  and the eval-mode output, five roundings of (x - running_mean) * rsqrt(running_var + eps) * weight
+  + bias, is off by up to 1.9 u max|y| (u the half type's unit roundoff) where one rounding of the
+  exact value stays below u max|y|.
 
 The same inputs through a float32 layer give the exact results rounded to float32. Statistics and
 normalization in float32 with the result rounded once to the half type (PyTorch's CPU kernel with
@@ -58,6 +60,12 @@ def constant_channel(dtype, value=0.8218, m=3):
     x = to_mlx(np.full((m, 1), value), dtype)
     y = layer(1, dtype)(x)
     return float(to_numpy(x)[0, 0]), float(to_numpy(mx.mean(x))), to_numpy(y).ravel()
+
+
+def constant_statistics(dtype, value=346.0, m=3):
+    """(mx.mean, mx.var) of m copies of ``value`` in ``dtype``: the statistics nn.BatchNorm normalizes with."""
+    x = to_mlx(np.full((m, 1), value), dtype)
+    return float(to_numpy(mx.mean(x, axis=0))[0]), float(to_numpy(mx.var(x, axis=0))[0])
 
 
 def adjacent_values(dtype, seed=1):
@@ -111,6 +119,7 @@ def main():
     for dtype in DTYPES:
         value, mean, y = constant_channel(dtype)
         print(f"{dtype}: constant channel of three {value}: mean {mean}, y {y.tolist()} (exact 0)")
+        print(f"{' ' * len(dtype)}  three 346.0: (mean, var) {constant_statistics(dtype)} (exact (346.0, 0.0))")
         r = adjacent_values(dtype)
         print(f"{dtype}: x = {ADJACENT[dtype]}: y {np.round(r['y'], 4).tolist()}, float32 layer "
               f"{np.round(r['y float32 layer'], 4).tolist()}, exact {np.round(r['y exact'], 4).tolist()}")
