@@ -53,6 +53,7 @@ REQUIRES: dict[str, str | None] = {
     "keras": "keras",
     "keras-mixed-bf16": "keras",
     "paddle": "paddle",
+    "mlx": "mlx",
 }
 
 #: the outcome of one run; only REPORT carries a report

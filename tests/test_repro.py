@@ -76,3 +76,36 @@ def test_torch_half_parameters_backward_uses_the_rounded_mean(torch):
     assert scale > 1.0 and float(np.max(np.abs(dx["exact"]))) < scale / 100
     np.testing.assert_allclose(dx["same dtype"], dx["rounded mean"], atol=8 * u * scale)
     np.testing.assert_allclose(dx["float32 parameters"], dx["exact"], atol=8 * u * scale)
+
+
+def test_mlx_fp16_backward_overflows():
+    """float16 dx is inf/NaN once (var + eps)^-1.5 > 65504 (std 0.02, a constant channel) though the float32
+    dx is below 500; std 0.03 and bfloat16 stay finite."""
+    pytest.importorskip("mlx.core")
+    repro = load("mlx_fp16_backward_overflow")
+    for std in (0.02, 0.0):
+        reference, finite = repro.run(std, "float16")
+        assert reference < 500 and not finite
+        assert repro.run(std, "bfloat16")[1]
+    assert repro.run(0.03, "float16")[1]
+
+
+def test_mlx_half_layer_computes_in_the_half_type():
+    """A float16/bfloat16 layer: a constant channel is not centred (|y| > 0.1 for exact 0; three bfloat16 346s:
+    mean 348, variance 4), two adjacent values
+    give y off by more than 0.4 and dx over 5 times the float32 layer's, eval y off by more than one rounding;
+    the float32 layer on the same inputs: exact to float32, its eval rounded to the half type within one rounding."""
+    pytest.importorskip("mlx.core")
+    repro = load("mlx_half_statistics")
+    for dtype in repro.DTYPES:
+        value, mean, y = repro.constant_channel(dtype)
+        assert mean != value and np.min(np.abs(y)) > 0.1
+        r = repro.adjacent_values(dtype)
+        np.testing.assert_allclose(r["y float32 layer"], r["y exact"], atol=1e-5)
+        assert np.max(np.abs(r["y"] - r["y exact"])) > 0.4
+        assert np.max(np.abs(r["dx"])) > 5 * np.max(np.abs(r["dx float32 layer"]))
+        errors = repro.eval_ulps(dtype)
+        assert errors[f"layer in {dtype}"] > 1.5 and errors["float32 layer"] <= 1
+    got, exact = repro.running_var("bfloat16")
+    assert abs(got - exact) > 0.05
+    assert repro.constant_statistics("bfloat16") == (348.0, 4.0)

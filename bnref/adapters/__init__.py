@@ -30,6 +30,7 @@ ADAPTERS: dict[str, str] = {
     "haiku": "bnref.adapters._haiku:HaikuCandidate",
     "onnxruntime": "bnref.adapters._onnxruntime:OnnxRuntimeCandidate",
     "paddle": "bnref.adapters._paddle:PaddleCandidate",
+    "mlx": "bnref.adapters._mlx:MlxCandidate",
 }
 
 
