@@ -52,6 +52,8 @@ REQUIRES: dict[str, str | None] = {
     "flax-sync": "flax",
     "keras": "keras",
     "keras-mixed-bf16": "keras",
+    "keras-tensorflow": "tensorflow",
+    "tf-keras": "tf_keras",
 }
 
 #: the outcome of one run; only REPORT carries a report

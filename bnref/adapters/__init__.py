@@ -24,6 +24,8 @@ ADAPTERS: dict[str, str] = {
     "keras": "bnref.adapters._keras:KerasCandidate",
     "keras-mixed-bf16": "bnref.adapters._keras:KerasMixedBf16Candidate",
     "keras-torch": "bnref.adapters._keras_torch:KerasTorchCandidate",
+    "keras-tensorflow": "bnref.adapters._keras_tensorflow:KerasTensorflowCandidate",
+    "tf-keras": "bnref.adapters._tf_keras:TfKerasCandidate",
     "seed": "bnref.adapters._seed:SeedCandidate",
     "equinox": "bnref.adapters._equinox:EquinoxCandidate",
     "equinox-batch": "bnref.adapters._equinox:EquinoxBatchCandidate",
