@@ -26,6 +26,7 @@ ADAPTERS: dict[str, str] = {
     "keras-torch": "bnref.adapters._keras_torch:KerasTorchCandidate",
     "keras-tensorflow": "bnref.adapters._keras_tensorflow:KerasTensorflowCandidate",
     "tf-keras": "bnref.adapters._tf_keras:TfKerasCandidate",
+    "tf-keras-nonfused": "bnref.adapters._tf_keras:TfKerasNonFusedCandidate",
     "seed": "bnref.adapters._seed:SeedCandidate",
     "equinox": "bnref.adapters._equinox:EquinoxCandidate",
     "equinox-batch": "bnref.adapters._equinox:EquinoxBatchCandidate",

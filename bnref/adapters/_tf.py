@@ -74,7 +74,8 @@ class TfTapeMixin:
         with tf.GradientTape() as outer:
             outer.watch([x_, gamma_, dy_])
             grads = self._gradients(tf.GradientTape(), x_, gamma_, beta_, eps, dy_)
-            # <ddx, dx> + <ddgamma, dgamma> + <ddbeta, dbeta>: its gradient is the double backward
-            pairing = sum(tf.reduce_sum(g * dd) for g, dd in zip(grads, directions))
+            # <ddx, dx> + <ddgamma, dgamma> + <ddbeta, dbeta>: its gradient is the double backward; each term
+            # in float64, as TensorFlow adds no half x's term to a float32 parameter's
+            pairing = sum(tf.cast(tf.reduce_sum(g * dd), tf.float64) for g, dd in zip(grads, directions))
         out = outer.gradient(pairing, [x_, gamma_, dy_], unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return tuple(self._np(g) for g in out)
