@@ -112,14 +112,28 @@ def test_adapter_matches_reference(candidate):
     assert_matches_reference(protocol_results(candidate), candidate.channel_axis, *MORE_ADAPTERS[candidate.name][1])
 
 
-#: the child process for keras-torch: protocol_results of the adapter, saved to argv[1]
-KERAS_TORCH_CHILD = """
+#: the child process of :func:`protocol_results_in_a_fresh_process`: protocol_results of adapter argv[1], saved to argv[2]
+CHILD = """
 import sys
 import numpy as np
 import test_adapters_more
 from bnref.adapters import create
-np.savez(sys.argv[1], **test_adapters_more.protocol_results(create("keras-torch")))
+np.savez(sys.argv[2], **test_adapters_more.protocol_results(create(sys.argv[1])))
 """
+
+
+def protocol_results_in_a_fresh_process(name, tmp_path):
+    """:func:`protocol_results` of the adapter ``name`` in a child process with the environment it declares:
+    Keras picks its backend once per process, and another Keras adapter may have imported it in this one."""
+    module, factory = ADAPTERS[name].split(":")
+    environment = getattr(importlib.import_module(module), factory).environment
+    out = tmp_path / "results.npz"
+    env = {**os.environ, **environment, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
+    done = subprocess.run([sys.executable, "-c", CHILD, name, str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with np.load(out) as results:
+        return dict(results)
 
 
 def test_keras_torch_matches_reference_in_a_fresh_process(tmp_path):
@@ -128,12 +142,6 @@ def test_keras_torch_matches_reference_in_a_fresh_process(tmp_path):
     for module in ("keras", "torch"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed")
-    out = tmp_path / "results.npz"
-    env = {**os.environ, "KERAS_BACKEND": "torch",
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
-    done = subprocess.run([sys.executable, "-c", KERAS_TORCH_CHILD, str(out)], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    with np.load(out) as results:
-        assert set(results.files) == {"y", "dx", "dgamma", "dbeta", "eval y", "running mean", "running var"}
-        assert_matches_reference(dict(results), -1, False, False)
+    results = protocol_results_in_a_fresh_process("keras-torch", tmp_path)
+    assert set(results) == {"y", "dx", "dgamma", "dbeta", "eval y", "running mean", "running var"}
+    assert_matches_reference(results, -1, False, False)

@@ -76,3 +76,34 @@ def test_torch_half_parameters_backward_uses_the_rounded_mean(torch):
     assert scale > 1.0 and float(np.max(np.abs(dx["exact"]))) < scale / 100
     np.testing.assert_allclose(dx["same dtype"], dx["rounded mean"], atol=8 * u * scale)
     np.testing.assert_allclose(dx["float32 parameters"], dx["exact"], atol=8 * u * scale)
+
+
+#: the child process of the Keras 3 part: the repro's relative gx error of Keras' layer on TensorFlow
+KERAS_TENSORFLOW_CHILD = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("repro", sys.argv[1])
+repro = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(repro)
+print(repro.relative_error(repro.with_keras))
+"""
+
+
+def test_tf_nn_moments_double_backward_is_wrong():
+    """gx from nested tapes: tf.nn.moments (and tf_keras' non-fused layer, and Keras 3 on TensorFlow in a
+    process of its own) off by more than a third of gx's size in float64; the variance written out: right."""
+    pytest.importorskip("tensorflow")
+    import os
+    import subprocess
+    import sys
+
+    repro = load("tf_moments_double_backward")
+    assert repro.relative_error(repro.with_the_variance_written_out) < 1e-7
+    assert repro.relative_error(repro.with_tf_nn_moments) > 0.3
+    if importlib.util.find_spec("tf_keras") is not None:
+        assert repro.relative_error(repro.with_tf_keras) > 0.3
+    if importlib.util.find_spec("keras") is not None:
+        done = subprocess.run([sys.executable, "-c", KERAS_TENSORFLOW_CHILD, str(REPRO / "tf_moments_double_backward.py")],
+                              env={**os.environ, "KERAS_BACKEND": "tensorflow"}, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert float(done.stdout.strip().splitlines()[-1]) > 0.3
