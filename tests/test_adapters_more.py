@@ -27,7 +27,7 @@ from bnref.testing import condition_number, scales
 
 EPS, MOMENTUM, DTYPE = 1e-3, 0.2, "float32"
 #: adapter -> (framework module, running statistics: (momentum weighs the new value?, unbiased?) or None)
-#: (keras-torch, in a child process, has its own test below)
+#: (keras-torch and keras-tensorflow, in a child process, have their own test below)
 MORE_ADAPTERS = {
     "equinox": ("equinox", (False, False)),
     "equinox-batch": ("equinox", (False, False)),
@@ -104,7 +104,7 @@ def assert_matches_reference(results, channel_axis, new_weighted, unbiased):
 
 
 def test_every_adapter_here_is_registered():
-    assert set(MORE_ADAPTERS) | {"keras-torch"} <= set(ADAPTERS)
+    assert set(MORE_ADAPTERS) | {"keras-torch", "keras-tensorflow"} <= set(ADAPTERS)
 
 
 def test_adapter_matches_reference(candidate):
@@ -136,12 +136,14 @@ def protocol_results_in_a_fresh_process(name, tmp_path):
         return dict(results)
 
 
-def test_keras_torch_matches_reference_in_a_fresh_process(tmp_path):
-    """Keras on the torch backend, in a process of its own; Keras' running-statistics convention:
-    momentum weighs the old value, biased variance."""
-    for module in ("keras", "torch"):
+@pytest.mark.parametrize("name, modules", [("keras-torch", ("keras", "torch")),
+                                           ("keras-tensorflow", ("keras", "tensorflow"))])
+def test_keras_backend_matches_reference_in_a_fresh_process(tmp_path, name, modules):
+    """Keras on the torch or TensorFlow backend, in a process of its own; Keras' running-statistics
+    convention: momentum weighs the old value, biased variance."""
+    for module in modules:
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed")
-    results = protocol_results_in_a_fresh_process("keras-torch", tmp_path)
+    results = protocol_results_in_a_fresh_process(name, tmp_path)
     assert set(results) == {"y", "dx", "dgamma", "dbeta", "eval y", "running mean", "running var"}
     assert_matches_reference(results, -1, False, False)

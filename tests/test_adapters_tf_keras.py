@@ -1,22 +1,17 @@
-"""The TensorFlow-based Keras adapters against bnref.reference on small inputs.
+"""The Keras 2 (``tf_keras``) adapters against bnref.reference on small inputs.
 
-``tf-keras`` and ``tf-keras-nonfused`` (Keras 2, ``tf_keras``) run in this process, built once per
-module (importing TensorFlow takes seconds); ``keras-tensorflow`` (Keras 3) runs in a child process
-with ``KERAS_BACKEND=tensorflow``, as Keras picks its backend once per process. Skipped where the
-framework is not installed.
+``tf-keras`` and ``tf-keras-nonfused`` are built once per module (importing TensorFlow takes
+seconds); skipped where tf_keras is not installed. ``keras-tensorflow`` (Keras 3 on TensorFlow)
+runs in a child process in tests/test_adapters_more.py, as Keras picks its backend once per process.
 """
-import importlib
-import importlib.util
-
 import numpy as np
 import pytest
 
 from bnref import reference
-from bnref.adapters import ADAPTERS, create
+from bnref.adapters import create
 from bnref.dtypes import unit_roundoff
 from bnref.testing import condition_number, scales
-from tests.test_adapters_more import (EPS, assert_matches_reference, case_arrays, protocol_results,
-                                      protocol_results_in_a_fresh_process)
+from tests.test_adapters_more import EPS, assert_matches_reference, protocol_results
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +19,6 @@ def tf_keras_adapters():
     """name -> the built tf_keras adapter, for both of its code paths."""
     pytest.importorskip("tf_keras")
     return {name: create(name) for name in ("tf-keras", "tf-keras-nonfused")}
-
-
-def test_keras_adapters_declare_their_backend():
-    """The class, not an instance: building one needs Keras on that backend."""
-    expected = {"keras": "jax", "keras-mixed-bf16": "jax", "keras-torch": "torch", "keras-tensorflow": "tensorflow"}
-    for name, backend in expected.items():
-        module, factory = ADAPTERS[name].split(":")
-        assert getattr(importlib.import_module(module), factory).environment == {"KERAS_BACKEND": backend}
 
 
 @pytest.mark.parametrize("name, unbiased", [("tf-keras", True), ("tf-keras-nonfused", False)])
@@ -74,13 +61,3 @@ def test_tf_keras_nonfused_float64_2d_matches_reference(tf_keras_adapters):
     for q in got:
         assert got[q].dtype == np.float64
         np.testing.assert_allclose(got[q], want[q], rtol=0, atol=8 * unit_roundoff("float64") * kappa ** 2 * scale[q])
-
-
-def test_keras_tensorflow_matches_reference_in_a_fresh_process(tmp_path):
-    """Keras 3 on TensorFlow: Keras' running-statistics convention, momentum on the old value, biased variance."""
-    for module in ("keras", "tensorflow"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed")
-    results = protocol_results_in_a_fresh_process("keras-tensorflow", tmp_path)
-    assert set(results) == {"y", "dx", "dgamma", "dbeta", "eval y", "running mean", "running var"}
-    assert_matches_reference(results, -1, False, False)
