@@ -54,6 +54,9 @@ REQUIRES: dict[str, str | None] = {
     "keras-mixed-bf16": "keras",
     "paddle": "paddle",
     "mlx": "mlx",
+    "keras-tensorflow": "tensorflow",
+    "tf-keras": "tf_keras",
+    "tf-keras-nonfused": "tf_keras",
 }
 
 #: the outcome of one run; only REPORT carries a report

@@ -27,7 +27,7 @@ from bnref.testing import condition_number, scales
 
 EPS, MOMENTUM, DTYPE = 1e-3, 0.2, "float32"
 #: adapter -> (framework module, running statistics: (momentum weighs the new value?, unbiased?) or None)
-#: (keras-torch, in a child process, has its own test below)
+#: (keras-torch and keras-tensorflow, in a child process, have their own test below)
 MORE_ADAPTERS = {
     "equinox": ("equinox", (False, False)),
     "equinox-batch": ("equinox", (False, False)),
@@ -104,7 +104,7 @@ def assert_matches_reference(results, channel_axis, new_weighted, unbiased):
 
 
 def test_every_adapter_here_is_registered():
-    assert set(MORE_ADAPTERS) | {"keras-torch"} <= set(ADAPTERS)
+    assert set(MORE_ADAPTERS) | {"keras-torch", "keras-tensorflow"} <= set(ADAPTERS)
 
 
 def test_adapter_matches_reference(candidate):
@@ -112,28 +112,38 @@ def test_adapter_matches_reference(candidate):
     assert_matches_reference(protocol_results(candidate), candidate.channel_axis, *MORE_ADAPTERS[candidate.name][1])
 
 
-#: the child process for keras-torch: protocol_results of the adapter, saved to argv[1]
-KERAS_TORCH_CHILD = """
+#: the child process of :func:`protocol_results_in_a_fresh_process`: protocol_results of adapter argv[1], saved to argv[2]
+CHILD = """
 import sys
 import numpy as np
 import test_adapters_more
 from bnref.adapters import create
-np.savez(sys.argv[1], **test_adapters_more.protocol_results(create("keras-torch")))
+np.savez(sys.argv[2], **test_adapters_more.protocol_results(create(sys.argv[1])))
 """
 
 
-def test_keras_torch_matches_reference_in_a_fresh_process(tmp_path):
-    """Keras on the torch backend, in a process of its own; Keras' running-statistics convention:
-    momentum weighs the old value, biased variance."""
-    for module in ("keras", "torch"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed")
+def protocol_results_in_a_fresh_process(name, tmp_path):
+    """:func:`protocol_results` of the adapter ``name`` in a child process with the environment it declares:
+    Keras picks its backend once per process, and another Keras adapter may have imported it in this one."""
+    module, factory = ADAPTERS[name].split(":")
+    environment = getattr(importlib.import_module(module), factory).environment
     out = tmp_path / "results.npz"
-    env = {**os.environ, "KERAS_BACKEND": "torch",
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
-    done = subprocess.run([sys.executable, "-c", KERAS_TORCH_CHILD, str(out)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {**os.environ, **environment, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
+    done = subprocess.run([sys.executable, "-c", CHILD, name, str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     with np.load(out) as results:
-        assert set(results.files) == {"y", "dx", "dgamma", "dbeta", "eval y", "running mean", "running var"}
-        assert_matches_reference(dict(results), -1, False, False)
+        return dict(results)
+
+
+@pytest.mark.parametrize("name, modules", [("keras-torch", ("keras", "torch")),
+                                           ("keras-tensorflow", ("keras", "tensorflow"))])
+def test_keras_backend_matches_reference_in_a_fresh_process(tmp_path, name, modules):
+    """Keras on the torch or TensorFlow backend, in a process of its own; Keras' running-statistics
+    convention: momentum weighs the old value, biased variance."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    results = protocol_results_in_a_fresh_process(name, tmp_path)
+    assert set(results) == {"y", "dx", "dgamma", "dbeta", "eval y", "running mean", "running var"}
+    assert_matches_reference(results, -1, False, False)

@@ -114,9 +114,10 @@ def test_keras_adapters_declare_their_backend():
 
     from bnref.adapters import ADAPTERS
 
-    for name in ("keras", "keras-mixed-bf16"):
+    backends = {"keras": "jax", "keras-mixed-bf16": "jax", "keras-torch": "torch", "keras-tensorflow": "tensorflow"}
+    for name, backend in backends.items():
         module, cls = ADAPTERS[name].split(":")
-        assert getattr(importlib.import_module(module), cls).environment == {"KERAS_BACKEND": "jax"}
+        assert getattr(importlib.import_module(module), cls).environment == {"KERAS_BACKEND": backend}
 
 
 def test_running_statistics_over_steps_are_checked_in_the_measured_convention():

@@ -109,3 +109,34 @@ def test_mlx_half_layer_computes_in_the_half_type():
     got, exact = repro.running_var("bfloat16")
     assert abs(got - exact) > 0.05
     assert repro.constant_statistics("bfloat16") == (348.0, 4.0)
+
+
+#: the child process of the Keras 3 part: the repro's relative gx error of Keras' layer on TensorFlow
+KERAS_TENSORFLOW_CHILD = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("repro", sys.argv[1])
+repro = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(repro)
+print(repro.relative_error(repro.with_keras))
+"""
+
+
+def test_tf_nn_moments_double_backward_is_wrong():
+    """gx from nested tapes: tf.nn.moments (and tf_keras' non-fused layer, and Keras 3 on TensorFlow in a
+    process of its own) off by more than a third of gx's size in float64; the variance written out: right."""
+    pytest.importorskip("tensorflow")
+    import os
+    import subprocess
+    import sys
+
+    repro = load("tf_moments_double_backward")
+    assert repro.relative_error(repro.with_the_variance_written_out) < 1e-7
+    assert repro.relative_error(repro.with_tf_nn_moments) > 0.3
+    if importlib.util.find_spec("tf_keras") is not None:
+        assert repro.relative_error(repro.with_tf_keras) > 0.3
+    if importlib.util.find_spec("keras") is not None:
+        done = subprocess.run([sys.executable, "-c", KERAS_TENSORFLOW_CHILD, str(REPRO / "tf_moments_double_backward.py")],
+                              env={**os.environ, "KERAS_BACKEND": "tensorflow"}, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert float(done.stdout.strip().splitlines()[-1]) > 0.3
