@@ -52,6 +52,9 @@ REQUIRES: dict[str, str | None] = {
     "flax-sync": "flax",
     "keras": "keras",
     "keras-mixed-bf16": "keras",
+    "tensorflow": "tensorflow",
+    "tensorflow-fused": "tensorflow",
+    "tensorflow-fused-nchw": "tensorflow",
 }
 
 #: the outcome of one run; only REPORT carries a report

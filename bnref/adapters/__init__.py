@@ -29,6 +29,9 @@ ADAPTERS: dict[str, str] = {
     "equinox-batch": "bnref.adapters._equinox:EquinoxBatchCandidate",
     "haiku": "bnref.adapters._haiku:HaikuCandidate",
     "onnxruntime": "bnref.adapters._onnxruntime:OnnxRuntimeCandidate",
+    "tensorflow": "bnref.adapters._tensorflow:TensorFlowCandidate",
+    "tensorflow-fused": "bnref.adapters._tensorflow:TensorFlowFusedCandidate",
+    "tensorflow-fused-nchw": "bnref.adapters._tensorflow:TensorFlowFusedNchwCandidate",
 }
 
 
