@@ -26,6 +26,8 @@ HALF_ADAPTERS = {
     "torch-mixed": ("torch", BOTH, True, True),
     "flax-bf16": ("flax", BF16, False, False),
     "keras-mixed-bf16": ("keras", BF16, False, False),
+    "tensorflow-fused": ("tensorflow", BOTH, True, True),
+    "tensorflow-fused-nchw": ("tensorflow", BOTH, True, True),
 }
 EPS, MOMENTUM = 1e-3, 0.2
 CASES = [pytest.param(name, dtype, id=f"{name}-{dtype}")

@@ -160,6 +160,9 @@ class TensorFlowFusedCandidate(_TapeGradients):
         return self._tf.constant(np.array(a), dtype=self._tf.float32)
 
     def _fused(self, x, gamma, beta, eps, **kwargs):
+        if x.shape.rank not in self.data_formats:
+            raise ValueError(f"{self.name} takes x of rank 4 or 5 (fused_batch_norm's data formats "
+                             f"{', '.join(self.data_formats.values())}); got x of shape {tuple(x.shape)}")
         return self._tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=eps,
                                                       data_format=self.data_formats[x.shape.rank], **kwargs)
 
