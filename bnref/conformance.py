@@ -57,6 +57,9 @@ REQUIRES: dict[str, str | None] = {
     "keras-tensorflow": "tensorflow",
     "tf-keras": "tf_keras",
     "tf-keras-nonfused": "tf_keras",
+    "tensorflow": "tensorflow",
+    "tensorflow-fused": "tensorflow",
+    "tensorflow-fused-nchw": "tensorflow",
 }
 
 #: the outcome of one run; only REPORT carries a report

@@ -19,13 +19,15 @@ from bnref.dtypes import DTYPES, unit_roundoff
 from bnref.testing import condition_number, scales
 
 BOTH, BF16 = ("float16", "bfloat16"), ("bfloat16",)
-#: adapter -> (framework module, its half dtypes, running statistics: momentum weighs the new value?, unbiased?)
+#: adapter -> (the modules its framework needs, its half dtypes, running statistics: momentum weighs the new value?, unbiased?)
 HALF_ADAPTERS = {
-    "torch": ("torch", BOTH, True, True),
-    "torch-channels-last": ("torch", BOTH, True, True),
-    "torch-mixed": ("torch", BOTH, True, True),
-    "flax-bf16": ("flax", BF16, False, False),
-    "keras-mixed-bf16": ("keras", BF16, False, False),
+    "torch": (("torch",), BOTH, True, True),
+    "torch-channels-last": (("torch",), BOTH, True, True),
+    "torch-mixed": (("torch",), BOTH, True, True),
+    "flax-bf16": (("flax",), BF16, False, False),
+    "keras-mixed-bf16": (("keras", "jax"), BF16, False, False),
+    "tensorflow-fused": (("tensorflow",), BOTH, True, True),
+    "tensorflow-fused-nchw": (("tensorflow",), BOTH, True, True),
 }
 EPS, MOMENTUM = 1e-3, 0.2
 CASES = [pytest.param(name, dtype, id=f"{name}-{dtype}")
@@ -38,10 +40,10 @@ def candidates():
 
 
 def _candidate(cache, name):
-    module = HALF_ADAPTERS[name][0]
     # found, not imported: Keras must not be imported before the adapter picks its backend
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed")
+    for module in HALF_ADAPTERS[name][0]:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
     if name not in cache:
         cache[name] = create(name)
     return cache[name]

@@ -114,6 +114,24 @@ def test_no_false_alarm_numpy_base_in_half(param_dtype):
     assert report.fingerprint.running.consistent
 
 
+class _InfGx(CorrectBN):
+    """CorrectBN whose double backward returns gx = +inf everywhere."""
+
+    def double_backward(self, *args):
+        gx, ggamma, gdy = super().double_backward(*args)
+        return np.full_like(gx, np.inf), ggamma, gdy
+
+
+def test_an_exact_value_beyond_the_half_range_may_come_back_as_inf():
+    """float16 gx of 2.3e5 (above 65504): inf of its sign is the exact result rounded once and passes;
+    inf where the exact value is in range (46.5 in the same gx) still fails."""
+    case = make_case((2, 2, 1, 1), "float16", 1, "eps_scale", seed=0, eps=1e-06)
+    outcomes = replay(CorrectBN(dtypes=("float16",), param_dtype="float32"), "double_backward", case)
+    assert all(o.ok for o in outcomes), [o.text for o in outcomes]
+    outcomes = replay(_InfGx(dtypes=("float16",), param_dtype="float32"), "double_backward", case)
+    assert [o.ok for o in outcomes] == [False, True, True]
+
+
 def test_no_false_alarm_float32_math_in_half():
     """A candidate that computes in float32 and rounds to the half type at the end (every framework's way) passes."""
     from tests.candidates.float32_math import Float32Math

@@ -34,6 +34,9 @@ ADAPTERS: dict[str, str] = {
     "onnxruntime": "bnref.adapters._onnxruntime:OnnxRuntimeCandidate",
     "paddle": "bnref.adapters._paddle:PaddleCandidate",
     "mlx": "bnref.adapters._mlx:MlxCandidate",
+    "tensorflow": "bnref.adapters._tensorflow:TensorFlowCandidate",
+    "tensorflow-fused": "bnref.adapters._tensorflow:TensorFlowFusedCandidate",
+    "tensorflow-fused-nchw": "bnref.adapters._tensorflow:TensorFlowFusedNchwCandidate",
 }
 
 

@@ -14,7 +14,24 @@ the gradients with respect to them come back in it.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+
+def start_tensorflow():
+    """Import TensorFlow (C++ info logs off unless ``TF_CPP_MIN_LOG_LEVEL`` is set), on one thread:
+    the oracle's arrays are tiny, and op-by-op dispatch costs less than tracing a ``tf.function``
+    for each new shape."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started its thread pools in this process
+        pass
+    return tf
 
 
 class TfTapeMixin:
@@ -26,11 +43,9 @@ class TfTapeMixin:
     param_dtype = None
 
     def _start_tf(self):
-        """Import TensorFlow and keep it on the instance."""
-        import tensorflow as tf
-
-        self._tf = tf
-        return tf
+        """Import TensorFlow (:func:`start_tensorflow`) and keep it on the instance."""
+        self._tf = start_tensorflow()
+        return self._tf
 
     def _tensor(self, a):
         return self._tf.constant(np.array(a))
