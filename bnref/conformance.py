@@ -52,6 +52,7 @@ REQUIRES: dict[str, str | None] = {
     "flax-sync": "flax",
     "keras": "keras",
     "keras-mixed-bf16": "keras",
+    "tinygrad": "tinygrad",
 }
 
 #: the outcome of one run; only REPORT carries a report

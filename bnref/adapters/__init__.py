@@ -29,6 +29,7 @@ ADAPTERS: dict[str, str] = {
     "equinox-batch": "bnref.adapters._equinox:EquinoxBatchCandidate",
     "haiku": "bnref.adapters._haiku:HaikuCandidate",
     "onnxruntime": "bnref.adapters._onnxruntime:OnnxRuntimeCandidate",
+    "tinygrad": "bnref.adapters._tinygrad:TinygradCandidate",
 }
 
 
