@@ -53,17 +53,20 @@ class TinygradCandidate:
     def __init__(self):
         for var, value in self.environment.items():
             os.environ.setdefault(var, value)
-        import tinygrad
         from importlib.metadata import version
         from tinygrad import Tensor, dtypes, nn
         from tinygrad.helpers import Context
 
         self._Tensor, self._dtypes, self._nn, self._Context = Tensor, dtypes, nn, Context
         self._device = self.environment["DEV"]
+        try:
+            self._np(self._tensor(np.ones(2, np.float32)) * 2)
+        except Exception as exc:  # no compiler: tinygrad imports, but its CPU device runs nothing
+            raise ImportError(f"tinygrad's {self._device} device cannot compile a kernel (it needs clang, or the "
+                              f"C compiler CC names): {type(exc).__name__}: {exc}") from exc
         self.dtypes = DTYPES if self._bfloat16_compiles() else tuple(d for d in DTYPES if d != "bfloat16")
         self.version = (f"tinygrad {version('tinygrad')} ({self._device}, CC={os.environ.get('CC', 'clang')}"
                         f"{'' if 'bfloat16' in self.dtypes else '; bfloat16 not compiled by this clang'})")
-        del tinygrad
 
     def _bfloat16_compiles(self) -> bool:
         """Whether this device's compiler builds a bfloat16 kernel (clang < 17 has no __bf16 on x86-64)."""
