@@ -101,3 +101,20 @@ def test_tinygrad_double_backward_misses_the_detached_mean_term(tinygrad):
     assert np.max(np.abs(gx["nn.BatchNorm"] - exact)) > 0.01 * scale
     np.testing.assert_allclose(gx["nn.BatchNorm"] + gx["missing term"], exact, atol=1e-6 * scale)
     np.testing.assert_allclose(gx["without detach"], exact, atol=1e-6 * scale)
+
+
+def test_tinygrad_half_batch_statistics_are_rounded_to_float16(tinygrad):
+    """float16 x, float16 or float32 weight: y and dx follow the rounded-mean model (variance around the
+    rounded mean), 0.3 or more from the exact ones; x cast to float32 first: the exact y and dx."""
+    results = load("tinygrad_half_statistics").results()
+    u = 2.0 ** -11
+    exact_y, exact_dx = results["exact"]
+    model_y, model_dx = results["rounded-mean model"]
+    for name in ("float16 weight", "float32 weight"):
+        y, dx = results[name]
+        np.testing.assert_allclose(y, model_y, atol=4 * u * np.max(np.abs(model_y)), err_msg=name)
+        np.testing.assert_allclose(dx, model_dx, atol=8 * u * np.max(np.abs(model_dx)), err_msg=name)
+        assert np.max(np.abs(y - exact_y)) > 0.3 and np.max(np.abs(dx - exact_dx)) > 1.0
+    y, dx = results["x cast to float32"]
+    np.testing.assert_allclose(y, exact_y, atol=1e-5)
+    np.testing.assert_allclose(dx, exact_dx, atol=1e-4 * np.max(np.abs(exact_dx)))
