@@ -13,15 +13,15 @@ directions once more with ``Tensor.gradient`` (tinygrad's gradients are graphs o
 The device is tinygrad's CPU device (``DEV=CPU``, declared in :attr:`environment`), which
 compiles every kernel with ``clang`` (``apt-get install clang``; ``CC`` names another one).
 bfloat16 kernels need a clang that knows ``__bf16`` on x86-64 (clang 17 or later, e.g.
-``CC=clang-19``): the adapter compiles one bfloat16 kernel when it starts and declares
-bfloat16 only where that works. tinygrad compiles a kernel per shape and constant, eps
+``CC=clang-19``): the adapter asks the compiler to build a bfloat16 function when it starts and
+declares bfloat16 only where it can. tinygrad compiles a kernel per shape and constant, eps
 included; a new (shape, eps) costs 1-2 s of Python graph rewriting and compilation, a repeated
 one 0.1 s, so an oracle run takes minutes per dtype.
 """
 from __future__ import annotations
 
-import contextlib
 import os
+import subprocess
 
 import ml_dtypes
 import numpy as np
@@ -32,17 +32,28 @@ BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
-@contextlib.contextmanager
-def _stderr_silenced():
-    """File descriptor 2 sent to /dev/null: the compiler's diagnostics of a probe are no finding."""
-    saved = os.dup(2)
+#: C sources the CPU device's compiler must build: any kernel at all, and bfloat16 arithmetic
+PROBES = {"float32": "float twice(float x) { return x * 2.0f; }\n",
+          "bfloat16": "__bf16 twice(__bf16 x) { return (__bf16)((float)x * 2.0f); }\n"}
+
+
+def compiler() -> str:
+    """The C compiler tinygrad's CPU device runs: ``CC``, else ``clang``."""
+    return os.environ.get("CC", "clang")
+
+
+def compiles(source: str) -> bool:
+    """Whether :func:`compiler` builds the C ``source`` for this machine.
+
+    Asked of the compiler itself, not through tinygrad, whose kernel cache would answer for the
+    compiler that filled it.
+    """
     try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        subprocess.run([compiler(), "-c", "-x", "c", "-march=native", "-", "-o", os.devnull], input=source.encode(),
+                       capture_output=True, check=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
 
 
 class TinygradCandidate:
@@ -59,22 +70,12 @@ class TinygradCandidate:
 
         self._Tensor, self._dtypes, self._nn, self._Context = Tensor, dtypes, nn, Context
         self._device = self.environment["DEV"]
-        try:
-            self._np(self._tensor(np.ones(2, np.float32)) * 2)
-        except Exception as exc:  # no compiler: tinygrad imports, but its CPU device runs nothing
-            raise ImportError(f"tinygrad's {self._device} device cannot compile a kernel (it needs clang, or the "
-                              f"C compiler CC names): {type(exc).__name__}: {exc}") from exc
-        self.dtypes = DTYPES if self._bfloat16_compiles() else tuple(d for d in DTYPES if d != "bfloat16")
-        self.version = (f"tinygrad {version('tinygrad')} ({self._device}, CC={os.environ.get('CC', 'clang')}"
-                        f"{'' if 'bfloat16' in self.dtypes else '; bfloat16 not compiled by this clang'})")
-
-    def _bfloat16_compiles(self) -> bool:
-        """Whether this device's compiler builds a bfloat16 kernel (clang < 17 has no __bf16 on x86-64)."""
-        try:
-            with _stderr_silenced():
-                return self._np(self._tensor(np.ones(2, BFLOAT16)) * 2).tolist() == [2.0, 2.0]
-        except Exception:  # a compiler error: the subprocess' exit status, whatever tinygrad wraps it in
-            return False
+        if not compiles(PROBES["float32"]):
+            raise ImportError(f"tinygrad's {self._device} device compiles its kernels with {compiler()!r}, which cannot "
+                              f"compile C here (install clang, or name a C compiler in CC)")
+        self.dtypes = DTYPES if compiles(PROBES["bfloat16"]) else tuple(d for d in DTYPES if d != "bfloat16")
+        self.version = (f"tinygrad {version('tinygrad')} ({self._device}, CC={compiler()}"
+                        f"{'' if 'bfloat16' in self.dtypes else '; no bfloat16: this compiler has no __bf16'})")
 
     def _tensor(self, a):
         """A realized tinygrad tensor holding a copy of the NumPy array ``a`` (bfloat16 included)."""
