@@ -60,6 +60,7 @@ REQUIRES: dict[str, str | None] = {
     "tensorflow": "tensorflow",
     "tensorflow-fused": "tensorflow",
     "tensorflow-fused-nchw": "tensorflow",
+    "tinygrad": "tinygrad",
 }
 
 #: the outcome of one run; only REPORT carries a report

@@ -37,6 +37,7 @@ ADAPTERS: dict[str, str] = {
     "tensorflow": "bnref.adapters._tensorflow:TensorFlowCandidate",
     "tensorflow-fused": "bnref.adapters._tensorflow:TensorFlowFusedCandidate",
     "tensorflow-fused-nchw": "bnref.adapters._tensorflow:TensorFlowFusedNchwCandidate",
+    "tinygrad": "bnref.adapters._tinygrad:TinygradCandidate",
 }
 
 
