@@ -76,3 +76,23 @@ def test_torch_half_parameters_backward_uses_the_rounded_mean(torch):
     assert scale > 1.0 and float(np.max(np.abs(dx["exact"]))) < scale / 100
     np.testing.assert_allclose(dx["same dtype"], dx["rounded mean"], atol=8 * u * scale)
     np.testing.assert_allclose(dx["float32 parameters"], dx["exact"], atol=8 * u * scale)
+
+
+def test_flax_fast_variance_forward_and_running_variance():
+    """use_fast_variance=True, Linen and NNX alike: float32 1e4 + (0, 1, 2, 3) gives var 0 (y 350
+    times too large, running var 0.9 instead of 1.025), float64 1e8 + (0, 1, 2, 3) var 2 instead of 1.25;
+    at mean / std 1300 float64 y is off by more than 1e-12 of its scale. use_fast_variance=False: within
+    a few ulps of the dtype each time."""
+    pytest.importorskip("flax")
+    repro = load("flax_fast_variance_forward")
+    gross = {"float32, 1e4 + (0, 1, 2, 3)": (100, 0.1), "float64, 1e8 + (0, 1, 2, 3)": (0.1, 0.05)}
+    for api in ("linen", "nnx"):
+        for name, (y_error, var_error) in gross.items():
+            fast_y, fast_var = repro.errors(name, api, True)
+            assert fast_y > y_error and fast_var > var_error, (api, name, fast_y, fast_var)
+        fast_y, _ = repro.errors("float64, 64 values of mean 346, std 0.27", api, True)
+        assert fast_y > 1e-12, (api, fast_y)
+        for name, (dtype, _) in repro.INPUTS.items():
+            u = float(np.finfo(dtype).eps) / 2
+            two_pass_y, two_pass_var = repro.errors(name, api, False)
+            assert two_pass_y < 1e3 * u and two_pass_var < 4 * u, (api, name, two_pass_y, two_pass_var)
