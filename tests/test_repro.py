@@ -96,3 +96,30 @@ def test_flax_fast_variance_forward_and_running_variance():
             u = float(np.finfo(dtype).eps) / 2
             two_pass_y, two_pass_var = repro.errors(name, api, False)
             assert two_pass_y < 1e3 * u and two_pass_var < 4 * u, (api, name, two_pass_y, two_pass_var)
+
+
+def test_flax_cross_replica_masked_statistics_are_unweighted():
+    """Under jax.pmap with axis_name, a mask leaving 2 and 1 positions on two devices: y is the
+    equal-weight average of the devices' masked means (Linen and NNX, fast and two-pass variance),
+    0.28 off the batch's y; the same mask on one device and equal shards: the batch's y; a device
+    with every position masked: NaN on every device. In a child process: the script sets JAX's
+    device count, which must happen before JAX starts."""
+    pytest.importorskip("flax")
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPRO / "flax_sync_uneven_shards.py"), "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout)
+    uneven, even, empty = (found[name] for name in ("uneven (0, 2) | (10)", "even (0, 2) | (10, 6)",
+                                                   "empty (0, 2) | (10) | ()"))
+    for api in ("linen", "nnx"):
+        for what in ("cross-replica", "cross-replica, two-pass"):
+            np.testing.assert_allclose(uneven[api][what], uneven["unweighted"], rtol=0, atol=1e-12)
+            assert np.max(np.abs(np.subtract(uneven[api][what], uneven["exact"]))) > 0.25
+            np.testing.assert_allclose(even[api][what], even["exact"], rtol=0, atol=1e-12)
+            assert np.isnan(empty[api][what]).all()
+        for ys in (uneven, empty):
+            np.testing.assert_allclose(ys[api]["one device, masked"], ys["exact"], rtol=0, atol=1e-12)
