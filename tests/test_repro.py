@@ -123,3 +123,15 @@ def test_flax_cross_replica_masked_statistics_are_unweighted():
             assert np.isnan(empty[api][what]).all()
         for ys in (uneven, empty):
             np.testing.assert_allclose(ys[api]["one device, masked"], ys["exact"], rtol=0, atol=1e-12)
+
+
+def test_seed_post_ignores_eps_and_normalizes_test_batches_with_their_own_statistics():
+    """The post's layer: the paper's y at eps = 1e-5 only (off by over 0.4 of y's size at eps = 1e-3 on
+    a channel of variance ~1e-3); a single test sample gives y = beta, and the same sample in two test
+    batches gives two different outputs."""
+    repro = load("seed_post_eps")
+    errors = repro.eps_errors()
+    assert errors[1e-5] < 1e-14 and errors[1e-3] > 0.4 and errors[1e-2] > 2
+    y = repro.test_time_outputs()
+    np.testing.assert_allclose(y["alone"], y["beta"], rtol=0, atol=1e-15)
+    assert np.max(np.abs(y["batch A"] - y["batch B"])) > 0.5
