@@ -50,6 +50,8 @@ REQUIRES: dict[str, str | None] = {
     "flax-two-pass": "flax",
     "flax-bf16": "flax",
     "flax-sync": "flax",
+    "flax-nnx": "flax",
+    "flax-nnx-two-pass": "flax",
     "keras": "keras",
     "keras-mixed-bf16": "keras",
     "paddle": "paddle",

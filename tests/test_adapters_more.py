@@ -4,7 +4,7 @@ Each test skips when its framework is not installed (they are optional extras, n
 extra). Bound, for a quantity q of scale s_q (``bnref.testing.scales``): |got - reference| <=
 8 u kappa^2 s_q, u float32's unit roundoff, kappa = max|x| / sqrt(var + eps) (about 3 here):
 two-pass statistics carry relative errors of a few u kappa, a one-pass variance E[x^2] - E[x]^2
-(Haiku) up to u kappa^2, the output one more rounding; 8 covers those chained. A wrong
+(Haiku, Flax's default) up to u kappa^2, the output one more rounding; 8 covers those chained. A wrong
 convention (unbiased variance, momentum on the other side, eps outside the root) is off by
 orders of magnitude more.
 
@@ -32,6 +32,8 @@ MORE_ADAPTERS = {
     "equinox": ("equinox", (False, False)),
     "equinox-batch": ("equinox", (False, False)),
     "haiku": ("haiku", (False, False)),
+    "flax-nnx": ("flax", (False, False)),
+    "flax-nnx-two-pass": ("flax", (False, False)),
     "torch-compile": ("torch", (True, True)),
     "onnxruntime": ("onnxruntime", (False, False)),
 }
@@ -147,3 +149,28 @@ def test_keras_backend_matches_reference_in_a_fresh_process(tmp_path, name, modu
     results = protocol_results_in_a_fresh_process(name, tmp_path)
     assert set(results) == {"y", "dx", "dgamma", "dbeta", "eval y", "running mean", "running var"}
     assert_matches_reference(results, -1, False, False)
+
+
+def test_flax_nnx_is_the_linen_layer():
+    """flax.nnx.BatchNorm and flax.linen.BatchNorm share their statistics code: the same bits for y,
+    the gradients, eval y and the running statistics, fast and two-pass variance alike."""
+    pytest.importorskip("flax")
+    for nnx_name, linen_name in (("flax-nnx", "flax"), ("flax-nnx-two-pass", "flax-two-pass")):
+        nnx_results, linen_results = protocol_results(create(nnx_name)), protocol_results(create(linen_name))
+        assert set(nnx_results) == set(linen_results) == {"y", "dx", "dgamma", "dbeta", "eval y", "running mean",
+                                                          "running var"}
+        for q, got in nnx_results.items():
+            np.testing.assert_array_equal(got, linen_results[q], err_msg=f"{nnx_name} {q}")
+
+
+def test_flax_nnx_fast_variance_differs_from_two_pass_on_offset_data():
+    """The two adapters do compute the variance differently: on float32 data of mean 1e4 and std 1
+    the fast variance E[x^2] - E[x]^2 cancels to a wrong y, the two-pass one does not."""
+    pytest.importorskip("flax")
+    rng = np.random.default_rng(1)
+    x = rng.normal(1e4, 1.0, (64, 2)).astype(DTYPE)
+    gamma, beta = np.ones(2, DTYPE), np.zeros(2, DTYPE)
+    exact = reference.forward_train(x.astype(np.float64), gamma, beta, EPS, -1)[0]
+    errors = {name: float(np.max(np.abs(create(name).forward_train(x, gamma, beta, EPS) - exact)))
+              for name in ("flax-nnx", "flax-nnx-two-pass")}
+    assert errors["flax-nnx"] > 0.1 and errors["flax-nnx-two-pass"] < 0.01, errors

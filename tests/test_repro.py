@@ -203,3 +203,62 @@ def test_tinygrad_half_running_statistics_round_every_step(tinygrad):
     except Exception:  # noqa: BLE001 - a clang without __bf16: its compile error
         return
     assert 1 < off["var"] < 4 and off["mean"] < 4
+
+
+def test_flax_fast_variance_forward_and_running_variance():
+    """use_fast_variance=True, Linen and NNX alike: float32 1e4 + (0, 1, 2, 3) gives var 0 (y 350
+    times too large, running var 0.9 instead of 1.025), float64 1e8 + (0, 1, 2, 3) var 2 instead of 1.25;
+    at mean / std 1300 float64 y is off by more than 1e-12 of its scale. use_fast_variance=False: within
+    a few ulps of the dtype each time."""
+    pytest.importorskip("flax")
+    repro = load("flax_fast_variance_forward")
+    gross = {"float32, 1e4 + (0, 1, 2, 3)": (100, 0.1), "float64, 1e8 + (0, 1, 2, 3)": (0.1, 0.05)}
+    for api in ("linen", "nnx"):
+        for name, (y_error, var_error) in gross.items():
+            fast_y, fast_var = repro.errors(name, api, True)
+            assert fast_y > y_error and fast_var > var_error, (api, name, fast_y, fast_var)
+        fast_y, _ = repro.errors("float64, 64 values of mean 346, std 0.27", api, True)
+        assert fast_y > 1e-12, (api, fast_y)
+        for name, (dtype, _) in repro.INPUTS.items():
+            u = float(np.finfo(dtype).eps) / 2
+            two_pass_y, two_pass_var = repro.errors(name, api, False)
+            assert two_pass_y < 1e3 * u and two_pass_var < 4 * u, (api, name, two_pass_y, two_pass_var)
+
+
+def test_flax_cross_replica_masked_statistics_are_unweighted():
+    """Under jax.pmap with axis_name, a mask leaving 2 and 1 positions on two devices: y is the
+    equal-weight average of the devices' masked means (Linen and NNX, fast and two-pass variance),
+    0.28 off the batch's y; the same mask on one device and equal shards: the batch's y; a device
+    with every position masked: NaN on every device. In a child process: the script sets JAX's
+    device count, which must happen before JAX starts."""
+    pytest.importorskip("flax")
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPRO / "flax_sync_uneven_shards.py"), "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout)
+    uneven, even, empty = (found[name] for name in ("uneven (0, 2) | (10)", "even (0, 2) | (10, 6)",
+                                                   "empty (0, 2) | (10) | ()"))
+    for api in ("linen", "nnx"):
+        for what in ("cross-replica", "cross-replica, two-pass"):
+            np.testing.assert_allclose(uneven[api][what], uneven["unweighted"], rtol=0, atol=1e-12)
+            assert np.max(np.abs(np.subtract(uneven[api][what], uneven["exact"]))) > 0.25
+            np.testing.assert_allclose(even[api][what], even["exact"], rtol=0, atol=1e-12)
+            assert np.isnan(empty[api][what]).all()
+        for ys in (uneven, empty):
+            np.testing.assert_allclose(ys[api]["one device, masked"], ys["exact"], rtol=0, atol=1e-12)
+
+
+def test_seed_post_ignores_eps_and_normalizes_test_batches_with_their_own_statistics():
+    """The post's layer: the paper's y at eps = 1e-5 only (off by over 0.4 of y's size at eps = 1e-3 on
+    a channel of variance ~1e-3); a single test sample gives y = beta, and the same sample in two test
+    batches gives two different outputs."""
+    repro = load("seed_post_eps")
+    errors = repro.eps_errors()
+    assert errors[1e-5] < 1e-14 and errors[1e-3] > 0.4 and errors[1e-2] > 2
+    y = repro.test_time_outputs()
+    np.testing.assert_allclose(y["alone"], y["beta"], rtol=0, atol=1e-15)
+    assert np.max(np.abs(y["batch A"] - y["batch B"])) > 0.5

@@ -21,6 +21,8 @@ ADAPTERS: dict[str, str] = {
     "flax-two-pass": "bnref.adapters._flax:FlaxTwoPassCandidate",
     "flax-bf16": "bnref.adapters._flax:FlaxBf16Candidate",
     "flax-sync": "bnref.adapters._flax_sync:FlaxSyncCandidate",
+    "flax-nnx": "bnref.adapters._flax_nnx:FlaxNnxCandidate",
+    "flax-nnx-two-pass": "bnref.adapters._flax_nnx:FlaxNnxTwoPassCandidate",
     "keras": "bnref.adapters._keras:KerasCandidate",
     "keras-mixed-bf16": "bnref.adapters._keras:KerasMixedBf16Candidate",
     "keras-torch": "bnref.adapters._keras_torch:KerasTorchCandidate",

@@ -17,9 +17,42 @@ import numpy as np
 from bnref.adapters._jax import JaxVjpMixin
 
 
-class FlaxCandidate(JaxVjpMixin):
-    name = "flax"
+class FlaxBatchNormMixin(JaxVjpMixin):
+    """What Flax's two BatchNorm APIs (Linen, NNX) share: the protocol's methods on one
+    ``_batch_norm(x, gamma, beta, eps, mean, var, use_running, momentum) -> (y, mean, var)``
+    that a subclass defines with its API (``use_running``: normalize with the given running
+    statistics; otherwise with the batch's, returning the running statistics updated at ``momentum``,
+    Flax's old-weighted form)."""
+
     use_fast_variance = True
+
+    def _apply(self, x, gamma, beta, eps, *, stats=None, momentum=0.99):
+        """y and the (updated) running statistics (mean, var) for parameters gamma, beta."""
+        use_running = stats is not None and momentum is None
+        if stats is None:
+            ones = self._jnp.ones(x.shape[-1], self.param_dtype or x.dtype)
+            stats = (0 * ones, ones)
+        return self._batch_norm(x, gamma, beta, eps, *stats, use_running=use_running,
+                                momentum=0.99 if momentum is None else momentum)
+
+    def _y(self, x, gamma, beta, eps):
+        return self._apply(x, gamma, beta, eps)[0]
+
+    def forward_eval(self, x, gamma, beta, running_mean, running_var, eps):
+        x, = self._arrays(x)
+        gamma, beta, rm, rv = self._params(x, gamma, beta, running_mean, running_var)
+        return np.array(self._apply(x, gamma, beta, eps, stats=(rm, rv), momentum=None)[0])
+
+    def update_running(self, x, running_mean, running_var, momentum):
+        x, = self._arrays(x)
+        rm, rv = self._params(x, running_mean, running_var)
+        ones = self._jnp.ones(x.shape[-1], rm.dtype)
+        _, mean, var = self._apply(x, ones, 0 * ones, 1e-5, stats=(rm, rv), momentum=momentum)
+        return np.array(mean), np.array(var)
+
+
+class FlaxCandidate(FlaxBatchNormMixin):
+    name = "flax"
 
     def __init__(self):
         jax = self._start_jax()
@@ -29,38 +62,15 @@ class FlaxCandidate(JaxVjpMixin):
         self._nn = nn
         self.version = f"flax {flax.__version__}, jax {jax.__version__}"
 
-    def _apply(self, x, gamma, beta, eps, *, stats=None, momentum=0.99):
-        """y (and the updated batch_stats when training) for parameters gamma, beta."""
-        use_running = stats is not None and momentum is None
-        param_dtype = self.param_dtype or x.dtype
+    def _batch_norm(self, x, gamma, beta, eps, mean, var, *, use_running, momentum):
         bn = self._nn.BatchNorm(use_running_average=use_running, axis=-1, epsilon=eps,
-                                use_fast_variance=self.use_fast_variance,
-                                momentum=0.99 if momentum is None else momentum,
-                                dtype=x.dtype, param_dtype=param_dtype)
-        channels = x.shape[-1]
-        if stats is None:
-            stats = {"mean": self._jnp.zeros(channels, param_dtype), "var": self._jnp.ones(channels, param_dtype)}
-        variables = {"params": {"scale": gamma, "bias": beta}, "batch_stats": stats}
+                                use_fast_variance=self.use_fast_variance, momentum=momentum,
+                                dtype=x.dtype, param_dtype=self.param_dtype or x.dtype)
+        variables = {"params": {"scale": gamma, "bias": beta}, "batch_stats": {"mean": mean, "var": var}}
         if use_running:
-            return bn.apply(variables, x), stats
-        return bn.apply(variables, x, mutable=["batch_stats"])
-
-    def _y(self, x, gamma, beta, eps):
-        return self._apply(x, gamma, beta, eps)[0]
-
-    def forward_eval(self, x, gamma, beta, running_mean, running_var, eps):
-        x, = self._arrays(x)
-        gamma, beta, rm, rv = self._params(x, gamma, beta, running_mean, running_var)
-        y, _ = self._apply(x, gamma, beta, eps, stats={"mean": rm, "var": rv}, momentum=None)
-        return np.array(y)
-
-    def update_running(self, x, running_mean, running_var, momentum):
-        x, = self._arrays(x)
-        rm, rv = self._params(x, running_mean, running_var)
-        ones = self._jnp.ones(x.shape[-1], rm.dtype)
-        _, updated = self._apply(x, ones, 0 * ones, 1e-5, stats={"mean": rm, "var": rv}, momentum=momentum)
-        stats = updated["batch_stats"]
-        return np.array(stats["mean"]), np.array(stats["var"])
+            return bn.apply(variables, x), mean, var
+        y, updated = bn.apply(variables, x, mutable=["batch_stats"])
+        return y, updated["batch_stats"]["mean"], updated["batch_stats"]["var"]
 
 
 class FlaxTwoPassCandidate(FlaxCandidate):
