@@ -52,6 +52,13 @@ REQUIRES: dict[str, str | None] = {
     "flax-sync": "flax",
     "keras": "keras",
     "keras-mixed-bf16": "keras",
+    # keras-torch needs torch as well; without it the run reports the adapter's ImportError
+    "keras-torch": "keras",
+    "torch-compile": "torch",
+    "equinox": "equinox",
+    "equinox-batch": "equinox",
+    "haiku": "haiku",
+    "onnxruntime": "onnxruntime",
 }
 
 #: the outcome of one run; only REPORT carries a report
