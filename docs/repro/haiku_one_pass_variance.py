@@ -9,7 +9,7 @@ error u kappa^2 in the variance, kappa = |mean| / std; the two-pass variance E[(
 only u kappa. In float32 the difference can come out negative and larger than eps, and
 ``rsqrt(var + eps)`` is NaN: the channel [-7960, -7959.75] (values exact in float32, variance
 0.015625) gives var = -4 and y = NaN; 256 values of mean 1000 and std 0.01 turn a channel NaN as
-well. In float64 (64-bit mode) y at mean 346, std 0.265 is off by about 1000 times what the
+well. In float64 (64-bit mode) y at mean 346, std 0.265 is off by 10^3 to 10^4 times what the
 two-pass formula loses. Flax's default has the same cancellation:
 https://github.com/google/flax/issues/1491.
 """
