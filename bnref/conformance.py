@@ -34,12 +34,12 @@ from bnref._progress import Progress
 from bnref._table import render
 from bnref.dtypes import NAMES
 
-__all__ = ["REQUIRES", "Run", "Row", "installed", "run_target", "load_runs", "merge", "matrix_rows",
+__all__ = ["REQUIRES", "Run", "Row", "installed", "missing_modules", "run_target", "load_runs", "merge", "matrix_rows",
            "conventions_rows", "render_text", "heatmap", "write_outputs", "main"]
 
-#: adapter -> the top-level module its framework needs (None: NumPy/Numba only, always installed).
+#: adapter -> the top-level module(s) its framework needs (None: NumPy/Numba only, always installed).
 #: An adapter missing here is run anyway; a run that fails for a missing module reads "not installed".
-REQUIRES: dict[str, str | None] = {
+REQUIRES: dict[str, str | tuple[str, ...] | None] = {
     "bnref": None,
     "bnref-mixed": None,
     "seed": None,
@@ -52,17 +52,23 @@ REQUIRES: dict[str, str | None] = {
     "flax-sync": "flax",
     "flax-nnx": "flax",
     "flax-nnx-two-pass": "flax",
-    "keras": "keras",
-    "keras-mixed-bf16": "keras",
+    "keras": ("keras", "jax"),
+    "keras-mixed-bf16": ("keras", "jax"),
     "paddle": "paddle",
     "mlx": "mlx",
-    "keras-tensorflow": "tensorflow",
+    "keras-tensorflow": ("keras", "tensorflow"),
     "tf-keras": "tf_keras",
     "tf-keras-nonfused": "tf_keras",
     "tensorflow": "tensorflow",
     "tensorflow-fused": "tensorflow",
     "tensorflow-fused-nchw": "tensorflow",
     "tinygrad": "tinygrad",
+    "keras-torch": ("keras", "torch"),
+    "torch-compile": "torch",
+    "equinox": "equinox",
+    "equinox-batch": "equinox",
+    "haiku": "haiku",
+    "onnxruntime": "onnxruntime",
 }
 
 #: the outcome of one run; only REPORT carries a report
@@ -125,13 +131,21 @@ def installed(target: str) -> bool:
 
     ``module:attr`` targets and adapters missing from :data:`REQUIRES` count as installed: their run tells.
     """
-    module = REQUIRES.get(target)
-    if module is None:
-        return True
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+    return not missing_modules(target)
+
+
+def missing_modules(target: str) -> list[str]:
+    """The modules of :data:`REQUIRES` for ``target`` that cannot be found (looked up, not imported)."""
+    modules = REQUIRES.get(target) or ()
+    missing = []
+    for module in (modules,) if isinstance(modules, str) else modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(module)
+    return missing
 
 
 def _file_stem(target: str) -> str:
@@ -498,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     to_run = [t for t in targets if installed(t)]
-    runs_by_target = {t: Run(t, NOT_INSTALLED, message=f"no module {REQUIRES[t]!r}", dtypes=list(args.dtype))
+    runs_by_target = {t: Run(t, NOT_INSTALLED, message=f"no module {', '.join(map(repr, missing_modules(t)))}",
+                             dtypes=list(args.dtype))
                       for t in targets if t not in to_run}
     interrupted = False
     with Progress(len(to_run), "conformance", unit="run", enabled=not args.no_progress) as bar:

@@ -22,6 +22,7 @@ import pytest
 from bnref import reference
 from bnref.adapters import ADAPTERS, create
 from bnref.dtypes import unit_roundoff
+from bnref.oracle import check
 from bnref.oracle.protocol import provides
 from bnref.testing import condition_number, scales
 
@@ -174,3 +175,16 @@ def test_flax_nnx_fast_variance_differs_from_two_pass_on_offset_data():
     errors = {name: float(np.max(np.abs(create(name).forward_train(x, gamma, beta, EPS) - exact)))
               for name in ("flax-nnx", "flax-nnx-two-pass")}
     assert errors["flax-nnx"] > 0.1 and errors["flax-nnx-two-pass"] < 0.01, errors
+
+
+def test_onnxruntime_is_checked_forward_only():
+    """ONNX Runtime: y of a training_mode=1 node, eval y of a training_mode=0 node and the running
+    statistics a training_mode=1 node outputs pass; what needs gradients is "not provided"."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed")
+    report = check(create("onnxruntime"), dtypes=["float64"], profile="quick",
+                   properties=["forward", "forward_eval", "running_stats", "backward", "double_backward",
+                               "sum_dx_zero"])
+    status = {r.property: r.status for r in report.results}
+    assert status == {"forward": "pass", "forward_eval": "pass", "running_stats": "pass",
+                      "backward": "not provided", "double_backward": "not provided", "sum_dx_zero": "not provided"}

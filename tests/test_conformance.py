@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bnref import conformance
+from bnref.adapters import ADAPTERS
 from bnref.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,11 @@ def _report(target, version, dtype, statuses, fingerprint=None) -> dict:
 
 def test_registered_as_a_command():
     assert COMMANDS["conformance"][0] == "bnref.conformance"
+
+
+def test_every_adapter_names_its_framework():
+    """An adapter missing from REQUIRES counts as installed: its run would be an error row, not "not installed"."""
+    assert set(conformance.REQUIRES) == set(ADAPTERS)
 
 
 def test_end_to_end_on_two_adapters(tmp_path):
@@ -94,6 +100,12 @@ def test_installed_looks_up_the_framework(monkeypatch):
     assert not conformance.installed("torch")
     monkeypatch.setitem(conformance.REQUIRES, "torch", "json")
     assert conformance.installed("torch")
+    # a framework that needs two modules (Keras and its backend) is installed only with both
+    monkeypatch.setitem(conformance.REQUIRES, "keras-torch", ("json", "no_such_backend_for_bnref"))
+    assert not conformance.installed("keras-torch")
+    assert conformance.missing_modules("keras-torch") == ["no_such_backend_for_bnref"]
+    monkeypatch.setitem(conformance.REQUIRES, "keras-torch", ("json", "os"))
+    assert conformance.installed("keras-torch")
 
 
 def test_merge_by_target_and_dtype(tmp_path, capsys):

@@ -6,6 +6,11 @@ changes it (a fix) fails here and the page is updated. Skipped when the framewor
 import importlib.util
 import os
 import shutil
+
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +267,43 @@ def test_seed_post_ignores_eps_and_normalizes_test_batches_with_their_own_statis
     y = repro.test_time_outputs()
     np.testing.assert_allclose(y["alone"], y["beta"], rtol=0, atol=1e-15)
     assert np.max(np.abs(y["batch A"] - y["batch B"])) > 0.5
+
+
+def test_haiku_one_pass_variance():
+    """float32: NaN for two exact values around -7960 and for a channel of mean 1000, std 0.01;
+    float64 at mean 346: off by more than 100 times the two-pass formula's u64 kappa."""
+    pytest.importorskip("haiku")
+    repro = load("haiku_one_pass_variance")
+    assert np.isnan(repro.haiku_y(repro.TWO_VALUES)).all()
+    assert np.isfinite(repro.two_pass_y(repro.TWO_VALUES)).all()
+    assert repro.offset_float32_nan_channels().any()
+    for seed in range(3):
+        error, two_pass_bound = repro.float64_errors(seed)
+        assert error > 100 * two_pass_bound
+
+
+#: the child process for the Keras-on-torch reproduction (Keras picks its backend once per process)
+KERAS_TORCH_CHILD = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("repro", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps(module.results()))
+"""
+
+
+def test_keras_torch_one_pass_variance():
+    """ops.moments gives -4 where torch.var_mean gives the exact 0.015625; y is NaN for float32 and
+    float64 x, and the moving variance takes the -4 (0.95 instead of 0.99016)."""
+    for module in ("keras", "torch"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    done = subprocess.run([sys.executable, "-c", KERAS_TORCH_CHILD, str(REPRO / "keras_torch_one_pass_variance.py")],
+                          env={**os.environ, "KERAS_BACKEND": "torch"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["moments variance"] < 0
+    assert results["torch.var_mean variance"] == results["exact variance"]
+    for dtype in ("float32", "float64"):
+        assert np.isnan(results[f"{dtype} y"]).all()
+        assert abs(results[f"{dtype} moving variance"] - results["exact moving variance"]) > 0.01
