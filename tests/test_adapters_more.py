@@ -188,3 +188,24 @@ def test_onnxruntime_is_checked_forward_only():
     status = {r.property: r.status for r in report.results}
     assert status == {"forward": "pass", "forward_eval": "pass", "running_stats": "pass",
                       "backward": "not provided", "double_backward": "not provided", "sum_dx_zero": "not provided"}
+
+
+def test_haiku_running_statistics_over_steps_are_a_debiased_average():
+    """Haiku's ExponentialMovingAverage from a fresh state: zero-started, divided by 1 - decay^t (the
+    given running statistics play no part), momentum on the old value, biased variance."""
+    if importlib.util.find_spec("haiku") is None:
+        pytest.skip("haiku is not installed")
+    from bnref.conventions import Convention
+
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(2.0, 1.5, (6, 3)) for _ in range(3)]
+    decay = 0.7
+    got = create("haiku").update_running_steps(xs, np.full(3, 5.0), np.full(3, 5.0), decay)
+    haiku = Convention("haiku", running_var="biased", momentum="old", debiased=True)
+    expected = haiku.update_running_steps(np.full(3, 5.0), np.full(3, 5.0), [x.mean(axis=0) for x in xs],
+                                          [x.var(axis=0) for x in xs], [6] * 3, decay)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-12)
+    plain = Convention("plain", running_var="biased", momentum="old").update_running_steps(
+        np.full(3, 5.0), np.full(3, 5.0), [x.mean(axis=0) for x in xs], [x.var(axis=0) for x in xs], [6] * 3, decay)
+    assert np.max(np.abs(got[0] - plain[0])) > 0.1

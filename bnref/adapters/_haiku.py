@@ -12,7 +12,9 @@ one-step update of given statistics (the first one returns the batch's value wha
 before). ``update_running`` is the step of an average long past its start: ``counter`` is set
 to 2**30, where ``decay**counter`` is 0 and the division by ``1 - decay**counter`` is exact, so
 the step is ``decay * old + (1 - decay) * batch`` from the given statistics (``hidden`` and
-``average`` both set to them). 64-bit mode is on.
+``average`` both set to them). ``update_running_steps`` is the layer's own average from a fresh
+state (counter 0, hidden 0, whatever running statistics are given): the oracle measures it as a
+debiased moving average and checks it as one. 64-bit mode is on.
 """
 from __future__ import annotations
 
@@ -75,4 +77,16 @@ class HaikuCandidate(JaxEvalMixin, JaxVjpMixin):
         rm, rv = self._params(x, running_mean, running_var)
         ones = self._jnp.ones(x.shape[-1], rm.dtype)
         _, state = self._apply(x, ones, 0 * ones, 1e-5, stats=(rm, rv), decay_rate=momentum)
+        return tuple(np.array(state[f"batch_norm/~/{name}_ema"]["average"]).reshape(-1) for name in ("mean", "var"))
+
+    def update_running_steps(self, xs, running_mean, running_var, momentum, step=None):
+        if step is not None:
+            raise ValueError("haiku's moving averages start from a fresh state (counter 0): step must be None")
+        xs = [self._arrays(x)[0] for x in xs]
+        ones = self._jnp.ones(xs[0].shape[-1], self._params(xs[0], running_mean)[0].dtype)
+        params, _ = self._variables(xs[0], ones, 0 * ones)
+        transformed = self._transformed(1e-5, momentum, True)
+        _, state = transformed.init(None, xs[0])
+        for x in xs:
+            _, state = transformed.apply(params, state, None, x)
         return tuple(np.array(state[f"batch_norm/~/{name}_ema"]["average"]).reshape(-1) for name in ("mean", "var"))
