@@ -97,6 +97,8 @@ FORMAT = "bnref-conformance"
 #: the exit status after Ctrl-C, as ``bnref check`` gives it
 EXIT_INTERRUPTED = 130
 DEFAULT_OUT = "conformance-out"
+#: the matrix column of the convention fingerprint's own defects (a NaN from a probe: the run fails)
+FINGERPRINT = "fingerprint"
 DEFAULT_TIMEOUT = 600.0
 
 
@@ -275,7 +277,20 @@ def _report_rows(run: Run) -> list[Row]:
             by_dtype.setdefault(dtype, {})[prop] = str(result.get("status", "not run"))
     for dtype in report.get("dtypes") or []:
         by_dtype.setdefault(str(dtype), {})
+    fingerprint = report.get("fingerprint")
+    if isinstance(fingerprint, dict):
+        for dtype, cells in by_dtype.items():
+            cells[FINGERPRINT] = "FAIL" if _fingerprint_findings(fingerprint, dtype) else "pass"
     return [Row(run.target, _implementation(run), dtype, cells) for dtype, cells in by_dtype.items()]
+
+
+def _fingerprint_findings(fingerprint: dict, dtype: str) -> list[str]:
+    """The fingerprint's defects charged to ``dtype``: those that name it, and those naming no dtype
+    of the report in the dtype the fingerprint was measured in."""
+    findings = [str(f) for f in fingerprint.get("findings") or []]
+    named = lambda f, d: re.search(rf"\b{d}\b", f) is not None  # noqa: E731
+    return [f for f in findings
+            if named(f, dtype) or (dtype == fingerprint.get("dtype") and not any(named(f, d) for d in NAMES))]
 
 
 def merge(runs: list[Run]) -> tuple[list[Run], list[Row]]:

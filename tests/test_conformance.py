@@ -51,12 +51,12 @@ def test_end_to_end_on_two_adapters(tmp_path):
     properties, conventions_md = markdown.split("## Properties")[1].split("## Conventions")
     matrix = {line.split(" | ")[0].lstrip("| "): line for line in properties.splitlines() if line.startswith("| ")}
     header = matrix["implementation"]
-    assert header.split(" | ")[1:] == ["dtype", "forward", "running_stats", "eps_honoured |"]
+    assert header.split(" | ")[1:] == ["dtype", "forward", "running_stats", "eps_honoured", "fingerprint |"]
     bnref_row = next(line for key, line in matrix.items() if key.startswith("bnref ("))
     seed_row = next(line for key, line in matrix.items() if key.startswith("seed ("))
-    assert bnref_row.split(" | ")[1:] == ["float64", "pass", "pass", "pass |"]
+    assert bnref_row.split(" | ")[1:] == ["float64", "pass", "pass", "pass", "pass |"]
     # the seed post ignores eps and keeps no running statistics
-    assert seed_row.split(" | ")[1:] == ["float64", "FAIL", "not provided", "FAIL |"]
+    assert seed_row.split(" | ")[1:] == ["float64", "FAIL", "not provided", "FAIL", "pass |"]
 
     data = json.loads((out / "conformance.json").read_text())
     assert data["format"] == "bnref-conformance"
@@ -146,3 +146,22 @@ def test_usage_errors(tmp_path, capsys):
     assert conformance.main(["--profile", "nope"]) == 2
     assert conformance.main(["seed", "--only", "no_such_property"]) == 2
     assert conformance.main(["seed", "--timeout", "-1"]) == 2
+
+
+def test_fingerprint_defects_have_a_column():
+    """A NaN only a fingerprint probe sees fails the run: the matrix shows it in the dtype the probe names
+    (or, naming none, in the dtype the fingerprint was measured in)."""
+    report = _report("haiku", "1", "float32", {"forward": "pass"},
+                     fingerprint={"dtype": "float64", "findings": [
+                         "forward_train returned NaN/inf for finite input of shape (256, 3) (float32 offset probe)"]})
+    report["dtypes"] = ["float32", "float64"]
+    _, rows = conformance.merge([conformance.Run("haiku", conformance.REPORT, report)])
+    header, body = conformance.matrix_rows(rows)
+    column = header.index(conformance.FINGERPRINT)
+    assert {row[1]: row[column] for row in body} == {"float32": "FAIL", "float64": "pass"}
+    report["fingerprint"]["findings"] = ["update_running returned NaN/inf for finite input of shape (4, 1) (running probe)"]
+    _, rows = conformance.merge([conformance.Run("haiku", conformance.REPORT, report)])
+    assert {row[1]: row[column] for row in conformance.matrix_rows(rows)[1]} == {"float32": "pass", "float64": "FAIL"}
+    report["fingerprint"]["findings"] = []
+    _, rows = conformance.merge([conformance.Run("haiku", conformance.REPORT, report)])
+    assert {row[column] for row in conformance.matrix_rows(rows)[1]} == {"pass"}
