@@ -307,3 +307,12 @@ def test_keras_torch_one_pass_variance():
     for dtype in ("float32", "float64"):
         assert np.isnan(results[f"{dtype} y"]).all()
         assert abs(results[f"{dtype} moving variance"] - results["exact moving variance"]) > 0.01
+
+
+def test_torch_mixed_double_backward_runs_in_the_half_dtype(torch):
+    """float32 weight and bias: with half x, ggamma (a float32 output) is off by more than the half type's
+    unit roundoff of the scale (and less than 64 of it); with float32 x, by a few float32 ulps."""
+    errors = load("torch_mixed_double_backward_precision").ggamma_errors()
+    assert errors["float32 x"] < 8 * 2.0 ** -24
+    assert errors["float16 x"] > 2.0 ** -11 and errors["bfloat16 x"] > 2.0 ** -8
+    assert errors["float16 x"] < 64 * 2.0 ** -11 and errors["bfloat16 x"] < 64 * 2.0 ** -8
