@@ -261,6 +261,19 @@ def test_fingerprint_of_the_correct_base():
     assert rows["single value per channel (training)"] == "a value: y = beta (var = 0), no error"
 
 
+def test_fingerprint_names_a_skipped_normalization_of_a_single_value():
+    """PaddlePaddle's convention: a one-value channel passes x through, gamma and beta not applied."""
+
+    class SkipsSingleValues(CorrectBN):
+        def forward_train(self, x, gamma, beta, eps):
+            if self.count(x) == 1:
+                return np.array(x, copy=True)
+            return super().forward_train(x, gamma, beta, eps)
+
+    rows = dict(fingerprint(SkipsSingleValues()).rows())
+    assert rows["single value per channel (training)"].startswith("a value: y = x (normalization skipped")
+
+
 def test_candidate_tolerance_is_the_core_table_in_float64():
     for quantity in testing.TOLERANCES:
         assert math.isclose(candidate_tolerance(quantity, np.float64, kappa=30.0, m=8),
