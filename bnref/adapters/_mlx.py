@@ -62,7 +62,7 @@ class MlxCandidate:
         bn = self._nn.BatchNorm(x.shape[-1], eps=float(eps), momentum=float(momentum))
         bn.set_dtype(x.dtype)
         if running is not None:
-            bn.running_mean, bn.running_var = (self._array(r).astype(x.dtype) for r in running)
+            bn.running_mean, bn.running_var = self._params(x, *running)
         bn.train(training)
         return bn
 

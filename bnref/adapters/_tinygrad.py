@@ -94,11 +94,9 @@ class TinygradCandidate:
         channels = x.shape[1]
         bn = self._nn.BatchNorm(channels, eps=eps, momentum=momentum)
         ones, zeros = np.ones(channels), np.zeros(channels)
-        for attr, value in (("weight", gamma), ("bias", beta), ("running_mean", running_mean),
-                            ("running_var", running_var)):
-            value = ones if value is None and attr in ("weight", "running_var") else value
-            value = zeros if value is None else value
-            setattr(bn, attr, self._tensor(np.asarray(value).astype(x.dtype)))
+        for attr, value, default in (("weight", gamma, ones), ("bias", beta, zeros),
+                                     ("running_mean", running_mean, zeros), ("running_var", running_var, ones)):
+            setattr(bn, attr, self._tensor(np.asarray(default if value is None else value).astype(x.dtype)))
         return bn
 
     def _train(self, bn, x):
@@ -123,21 +121,15 @@ class TinygradCandidate:
         with self._Context(TRAINING=0):
             return self._np(bn(self._tensor(x)))
 
-    def _stats(self, bn):
-        self._Tensor.realize(bn.running_mean, bn.running_var)
-        return self._np(bn.running_mean), self._np(bn.running_var)
-
-    def update_running(self, x, running_mean, running_var, momentum):
-        bn = self._module(x, None, None, 1e-5, running_mean, running_var, momentum)
-        self._train(bn, self._tensor(x)).realize()
-        return self._stats(bn)
-
     def update_running_steps(self, xs, running_mean, running_var, momentum, step=None):
         bn = self._module(xs[0], None, None, 1e-5, running_mean, running_var, momentum)
         for x in xs:
             self._train(bn, self._tensor(x)).realize()
             self._Tensor.realize(bn.running_mean, bn.running_var)
-        return self._stats(bn)
+        return self._np(bn.running_mean), self._np(bn.running_var)
+
+    def update_running(self, x, running_mean, running_var, momentum):
+        return self.update_running_steps([x], running_mean, running_var, momentum)
 
     def double_backward(self, x, gamma, beta, eps, dy, ddx, ddgamma, ddbeta):
         dy_ = self._tensor(dy)

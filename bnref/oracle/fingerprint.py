@@ -626,10 +626,11 @@ def fingerprint(candidate, dtype: str | None = None, *, guard: Guard | None = No
                           if isinstance(a, np.ndarray)):
             bad = [np.asarray(a) for a in (out if isinstance(out, tuple) else (out,))
                    if not np.all(np.isfinite(np.asarray(a, np.float64)))]
-            finding = (f"{method} returned NaN/inf for finite input of shape {np.shape(args[0])} "
-                       f"({_probe_names[-1]} probe)")
-            if bad and finding not in fp.findings:  # a probe may make the same call twice
-                fp.findings.append(finding)
+            if bad:
+                finding = (f"{method} returned NaN/inf for finite input of shape {np.shape(args[0])} "
+                           f"({_probe_names[-1]} probe)")
+                if finding not in fp.findings:  # a probe may make the same call twice
+                    fp.findings.append(finding)
         return out
 
     _probe_names = [""]
