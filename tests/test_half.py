@@ -1,5 +1,6 @@
 """float16 and bfloat16: the rounding functions exhaustively, and the public functions on the
 cases that must hold exactly (every full-size output the float64 result rounded once)."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import bnref.sync
 from bnref import _half, reference
 from bnref.dtypes import dtype_info
 from bnref.strategies import make_case
-from bnref.testing import check_against_reference, scales
+from bnref.testing import check_against_reference, compare, scales
 
 HALF = {"float16": _half.FLOAT16_FRACTION_BITS, "bfloat16": _half.BFLOAT16_FRACTION_BITS}
 PATTERNS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
@@ -241,6 +242,20 @@ def test_float16_near_the_largest_value_does_not_overflow():
     x[:, 1] = rng.uniform(6e4, 65504, 8)  # a channel with sums of squares far above 65504, and a spread
     y, mean, var = _check_all(x, np.ones(4, np.float32), np.zeros(4, np.float32), 1, param_dtype="float32")
     assert np.isfinite(y.astype(np.float64)).all() and var[0] > 65504.0 ** 2 / 2
+
+
+def test_float16_double_backward_overflowing_to_inf_is_correctly_rounded():
+    """A float16 channel of std 2.4e-4 at eps 1e-6: the exact gx (2.1e5) lies beyond float16's range and the
+    kernel's inf is its correct rounding, which the comparison accepts; an inf of the wrong sign, or where
+    the exact value is in range, still fails."""
+    case = dataclasses.replace(make_case((2, 1), "float16", 1, "eps_scale", seed=0, eps=1e-06),
+                               x=np.array([[0.2744], [0.274]], np.float16), gamma=np.array([1.72], np.float16),
+                               beta=np.array([0.2133], np.float16))
+    results = check_against_reference(bnref, case, raise_on_failure=False)
+    assert all(r.ok for r in results), [str(r) for r in results if not r.ok]
+    assert compare("gx", np.array([np.inf, 1.0], np.float16), [2.1e5, 1.0], dtype="float16").ok
+    assert not compare("gx", np.array([-np.inf, 1.0], np.float16), [2.1e5, 1.0], dtype="float16").ok
+    assert not compare("gx", np.array([np.inf, 1.0], np.float16), [6e4, 1.0], dtype="float16").ok
 
 
 def test_float16_subnormals():
